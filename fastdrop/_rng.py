@@ -1,0 +1,33 @@
+"""Where seeds and offsets come from when the caller gives none."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+_lock = threading.Lock()  # get_offset/set_offset is not atomic
+
+
+def reserve(numel: int, device: torch.device, generator: torch.Generator | None) -> tuple[int, int]:
+    """Reserve a (seed, offset) whose stream range [offset, offset + numel) no other call gets.
+
+    CUDA tensors: the CUDA generator's seed and Philox offset, advanced past the range (as
+    PyTorch's own dropout does; offsets stay multiples of 4). CPU tensors: a fresh 63-bit seed
+    drawn from the CPU generator, offset 0. Either way torch.manual_seed reproduces a run and
+    torch.utils.checkpoint's RNG restore replays the same mask.
+    """
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(
+            f"generator is on {generator.device} but the input is on {device}: "
+            f"pass a generator of the input's device"
+        )
+    if device.type == "cuda":
+        gen = generator or torch.cuda.default_generators[
+            device.index if device.index is not None else torch.cuda.current_device()]
+        with _lock:
+            offset = gen.get_offset()
+            gen.set_offset(offset + (numel + 3) // 4 * 4)
+            return gen.initial_seed(), offset
+    seed = torch.empty((), dtype=torch.int64).random_(generator=generator)
+    return int(seed), 0

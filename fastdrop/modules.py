@@ -1,0 +1,24 @@
+"""nn.Module forms: drop-in for torch.nn.Dropout."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from . import functional as F
+
+
+class Dropout(nn.Module):
+    """Drop-in for ``torch.nn.Dropout``; ``keep_prob`` is the TensorFlow spelling of ``1 - p``."""
+
+    __constants__ = ["p", "inplace"]
+
+    def __init__(self, p: float = F._P_DEFAULT, inplace: bool = False, *, keep_prob: float | None = None):
+        super().__init__()
+        self.p = F.resolve_p(p, keep_prob)
+        self.inplace = inplace
+
+    def forward(self, input):
+        return F.dropout(input, self.p, self.training, self.inplace)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"

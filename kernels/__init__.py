@@ -1,0 +1,1 @@
+"""Triton kernels of fastdrop (installed as ``fastdrop.kernels``)."""
