@@ -2,89 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import struct
-
 import numpy as np
 import torch
 
-from . import _cpu, _rng, contract
-
-try:  # the kernels need triton; the CPU path does not
-    from .kernels import dropout as _kernels
-except ImportError:  # pragma: no cover - exercised by a subprocess test
-    _kernels = None
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-BACKENDS = ("auto", "triton", "cpu")
-
-
-class _DefaultP(float):
-    """The default p (0.5), told apart from an explicit p=0.5 so keep_prob can conflict."""
-
-    def __repr__(self):
-        return "0.5"
-
-
-_P_DEFAULT = _DefaultP(0.5)
-
-
-def resolve_p(p, keep_prob) -> float:
-    if keep_prob is None:
-        return contract.check_p(p)
-    if p is not _P_DEFAULT:
-        raise ValueError(f"give p or keep_prob, not both (got p={p}, keep_prob={keep_prob})")
-    if isinstance(keep_prob, bool) or not isinstance(keep_prob, (int, float)) or not 0.0 <= keep_prob <= 1.0:
-        raise ValueError(f"keep_prob has to be between 0 and 1, but got {keep_prob}")
-    return 1.0 - float(keep_prob)
-
-
-def _check_input(input, name="dropout"):
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"{name}(): input must be a Tensor, but got {type(input).__name__}")
-    if input.layout != torch.strided:
-        raise TypeError(f"{name}(): input must be a dense (strided) tensor, but got layout {input.layout}")
-    if input.dtype not in FLOAT_DTYPES:
-        accepted = ", ".join(str(d) for d in FLOAT_DTYPES)
-        raise TypeError(f"{name}(): expected a floating-point input ({accepted}), but got {input.dtype}")
-
-
-def _resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, but got {backend!r}")
-    if device.type == "meta":
-        return "meta"
-    if backend == "auto":
-        backend = "cpu" if device.type == "cpu" else "triton"
-    if backend == "cpu" and device.type != "cpu":
-        raise ValueError(f"backend='cpu' needs a CPU tensor, but the input is on {device}")
-    if backend == "triton":
-        if _kernels is None:
-            raise RuntimeError("backend='triton' needs triton, which is not importable here")
-        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise RuntimeError(
-                "backend='triton' on a CPU tensor runs only under TRITON_INTERPRET=1 "
-                "(set before triton is imported); use backend='cpu' or 'auto'"
-            )
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"fastdrop runs on cpu and cuda tensors, but the input is on {device}")
-    return backend
-
-
-def _scale(p: float) -> float:
-    return 1.0 / (1.0 - p) if p < 1.0 else 0.0
-
-
-def apply_mask(x, y, p, seed, offset, backend):
-    """y = x * keep * 1/(1-p) by the mask contract (x and y may be the same tensor)."""
-    threshold = contract.keep_threshold(p)
-    if backend == "cpu":
-        _cpu.apply(x, y, seed, offset, threshold, _scale(p))
-    elif backend == "triton":
-        scale_bits = struct.unpack("<q", struct.pack("<d", _scale(p)))[0]
-        _kernels.launch(x, y, seed, offset, threshold, scale_bits)
-    return y
-
+from . import _rng, contract
+from ._dispatch import P_DEFAULT, apply_mask, check_input, resolve_backend, resolve_p
 
 class _Dropout(torch.autograd.Function):
     # Saves (p, seed, offset): zero bytes per element. Backward is the same op on the gradient.
@@ -102,7 +24,7 @@ class _Dropout(torch.autograd.Function):
         return (_Dropout.apply(grad, *ctx.args[:3], False, ctx.args[3]),) + (None,) * 5
 
 
-def dropout(input, p=_P_DEFAULT, training=True, inplace=False, *, keep_prob=None, seed=None, offset=0,
+def dropout(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None, seed=None, offset=0,
             generator=None, backend="auto"):
     """Drop-in for ``torch.nn.functional.dropout`` with a reproducible, seed-driven mask.
 
@@ -113,10 +35,10 @@ def dropout(input, p=_P_DEFAULT, training=True, inplace=False, *, keep_prob=None
     p = resolve_p(p, keep_prob)
     if not training or p == 0.0:
         return input
-    _check_input(input)
+    check_input(input)
     if input.numel() == 0:
         return input
-    backend = _resolve_backend(backend, input.device)
+    backend = resolve_backend(backend, input.device)
     if inplace and torch._debug_has_internal_overlap(input) == 1:
         raise RuntimeError(
             "unsupported operation: more than one element of the written-to tensor refers to a single "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from . import functional as F
+from ._dispatch import P_DEFAULT, resolve_p
 
 
 class Dropout(nn.Module):
@@ -12,9 +13,9 @@ class Dropout(nn.Module):
 
     __constants__ = ["p", "inplace"]
 
-    def __init__(self, p: float = F._P_DEFAULT, inplace: bool = False, *, keep_prob: float | None = None):
+    def __init__(self, p: float = P_DEFAULT, inplace: bool = False, *, keep_prob: float | None = None):
         super().__init__()
-        self.p = F.resolve_p(p, keep_prob)
+        self.p = resolve_p(p, keep_prob)
         self.inplace = inplace
 
     def forward(self, input):

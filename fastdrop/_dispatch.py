@@ -1,0 +1,85 @@
+"""Between the API and the backends: input checks, backend choice, and the mask apply."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import torch
+
+from . import _cpu, contract
+
+try:  # the kernels need triton; the CPU path does not
+    from .kernels import dropout as _kernels
+except ImportError:  # pragma: no cover - exercised by a subprocess test
+    _kernels = None
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+BACKENDS = ("auto", "triton", "cpu")
+
+
+class _DefaultP(float):
+    """The default p (0.5), told apart from an explicit p=0.5 so keep_prob can conflict."""
+
+    def __repr__(self):
+        return "0.5"
+
+
+P_DEFAULT = _DefaultP(0.5)
+
+
+def resolve_p(p, keep_prob) -> float:
+    if keep_prob is None:
+        return contract.check_p(p)
+    if p is not P_DEFAULT:
+        raise ValueError(f"give p or keep_prob, not both (got p={p}, keep_prob={keep_prob})")
+    if isinstance(keep_prob, bool) or not isinstance(keep_prob, (int, float)) or not 0.0 <= keep_prob <= 1.0:
+        raise ValueError(f"keep_prob has to be between 0 and 1, but got {keep_prob}")
+    return 1.0 - float(keep_prob)
+
+
+def check_input(input, name="dropout"):
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{name}(): input must be a Tensor, but got {type(input).__name__}")
+    if input.layout != torch.strided:
+        raise TypeError(f"{name}(): input must be a dense (strided) tensor, but got layout {input.layout}")
+    if input.dtype not in FLOAT_DTYPES:
+        accepted = ", ".join(str(d) for d in FLOAT_DTYPES)
+        raise TypeError(f"{name}(): expected a floating-point input ({accepted}), but got {input.dtype}")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, but got {backend!r}")
+    if device.type == "meta":
+        return "meta"
+    if backend == "auto":
+        backend = "cpu" if device.type == "cpu" else "triton"
+    if backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"backend='cpu' needs a CPU tensor, but the input is on {device}")
+    if backend == "triton":
+        if _kernels is None:
+            raise RuntimeError("backend='triton' needs triton, which is not importable here")
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(
+                "backend='triton' on a CPU tensor runs only under TRITON_INTERPRET=1 "
+                "(set before triton is imported); use backend='cpu' or 'auto'"
+            )
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"fastdrop runs on cpu and cuda tensors, but the input is on {device}")
+    return backend
+
+
+def _scale(p: float) -> float:
+    return 1.0 / (1.0 - p) if p < 1.0 else 0.0
+
+
+def apply_mask(x, y, p, seed, offset, backend):
+    """y = x * keep * 1/(1-p) by the mask contract (x and y may be the same tensor)."""
+    threshold = contract.keep_threshold(p)
+    if backend == "cpu":
+        _cpu.apply(x, y, seed, offset, threshold, _scale(p))
+    elif backend == "triton":
+        scale_bits = struct.unpack("<q", struct.pack("<d", _scale(p)))[0]
+        _kernels.launch(x, y, seed, offset, threshold, scale_bits)
+    return y
