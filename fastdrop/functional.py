@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import _rng, contract
+from . import _rng, contract, ops
 from ._dispatch import P_DEFAULT, apply_mask, check_input, resolve_backend, resolve_p
 
 class _Dropout(torch.autograd.Function):
@@ -39,19 +39,27 @@ def dropout(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None,
     if input.numel() == 0:
         return input
     backend = resolve_backend(backend, input.device)
+    if seed is not None:
+        seed = contract.check_seed(seed)
+        offset = contract.check_offset(offset, input.numel())
+    elif offset != 0:
+        raise ValueError("offset needs an explicit seed")
+    if torch.compiler.is_compiling():
+        return ops.traced_dropout(input, p, inplace, seed, offset, backend)
     if inplace and torch._debug_has_internal_overlap(input) == 1:
         raise RuntimeError(
             "unsupported operation: more than one element of the written-to tensor refers to a single "
             "memory location. Please clone() the tensor before performing the operation."
         )
     if seed is None:
-        if offset != 0:
-            raise ValueError("offset needs an explicit seed")
+        if input.is_cuda and torch.cuda.is_current_stream_capturing():
+            # Host integers would be baked into the graph: every replay the same mask.
+            raise RuntimeError(
+                "fastdrop.dropout without an explicit seed cannot be captured in a CUDA graph yet: "
+                "pass seed= (a fixed mask on every replay) or run it outside the capture"
+            )
         # p == 1 draws nothing: every element is dropped whatever the stream says.
         seed, offset = (0, 0) if p == 1.0 else _rng.reserve(input.numel(), input.device, generator)
-    else:
-        seed = contract.check_seed(seed)
-        offset = contract.check_offset(offset, input.numel())
     if backend == "meta":
         return input if inplace else torch.empty_like(input)
     return _Dropout.apply(input, p, seed, offset, inplace, backend)

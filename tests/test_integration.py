@@ -1,0 +1,187 @@
+"""fastdrop inside training stacks: torch.compile, autocast, memory formats, threads, DDP, shards."""
+
+import os
+import threading
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import fastdrop
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), fastdrop.Dropout(0.5), nn.Linear(32, 4))
+
+
+# ---------------------------------------------------------------- torch.compile
+def test_compile_has_no_graph_breaks_and_draws_fresh_masks():
+    model = _tiny_model()
+    x = torch.randn(16, 8)
+    explained = torch._dynamo.explain(model)(x)
+    print(f"graphs={explained.graph_count} graph_breaks={explained.graph_break_count}")
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+
+    compiled = torch.compile(model, fullgraph=True)
+    t0 = time.perf_counter()
+    y1 = compiled(x)
+    print(f"compile + first call: {time.perf_counter() - t0:.1f} s")
+    y2 = compiled(x)
+    assert not torch.equal(y1, y2), "seed baked into the compiled graph"
+    torch.manual_seed(7)
+    a = compiled(x)
+    torch.manual_seed(7)
+    b = compiled(x)
+    assert torch.equal(a, b)
+
+
+def test_compiled_backward_uses_the_forward_mask():
+    x = torch.randn(64, 33, requires_grad=True)
+
+    def f(t):
+        return fastdrop.dropout(t, 0.3, seed=123, offset=5)
+
+    compiled = torch.compile(f, fullgraph=True)
+    y = compiled(x)
+    expected = fastdrop.dropout(x.detach(), 0.3, seed=123, offset=5)
+    assert torch.equal(y, expected)
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    mask = fastdrop.dropout_mask(x.shape, 0.3, seed=123, offset=5)
+    assert torch.equal(gx, torch.where(mask, g * torch.tensor(1 / 0.7), 0.0))
+
+
+def test_compiled_inplace_matches_eager():
+    def f(t):
+        return fastdrop.dropout(t * 1.0, 0.25, inplace=True, seed=9)
+
+    x = torch.randn(100)
+    assert torch.equal(torch.compile(f, fullgraph=True)(x), fastdrop.dropout(x, 0.25, seed=9))
+
+
+# ---------------------------------------------------------------- autocast / dtypes
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_keeps_the_given_dtype(dtype):
+    lin = nn.Linear(8, 8)
+    x = torch.randn(4, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=dtype):
+        h = lin(x)
+        assert h.dtype == dtype
+        y = fastdrop.dropout(h, 0.5)
+        assert y.dtype == dtype
+        z = fastdrop.dropout(x, 0.5)  # a float32 input is not cast down
+        assert z.dtype == torch.float32
+    h.retain_grad()
+    y.float().sum().backward()
+    assert h.grad.dtype == dtype
+    assert x.grad.dtype == torch.float32
+
+
+# ---------------------------------------------------------------- memory formats
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_channels_last_stays_channels_last(backend, monkeypatch):
+    x = torch.randn(2, 3, 5, 7).to(memory_format=torch.channels_last)
+    if backend == "triton":
+        from fastdrop.kernels import dropout as k
+        seen = []
+        real = k.launch
+        monkeypatch.setattr(k, "launch", lambda a, *args, **kw: seen.append(a.data_ptr()) or real(a, *args, **kw))
+    y = fastdrop.dropout(x, 0.4, seed=3, backend=backend)
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.stride() == x.stride()
+    assert torch.equal(y, fastdrop.dropout(x.contiguous(), 0.4, seed=3, backend="cpu"))
+    if backend == "triton":
+        assert seen == [x.data_ptr()], "the kernel got a copy, not the input"
+
+
+# ---------------------------------------------------------------- shards
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_two_shards_reproduce_the_full_mask(backend):
+    full = torch.randn(6, 1000)
+    seed = 2**40 + 17
+    whole = fastdrop.dropout(full, 0.2, seed=seed, backend=backend)
+    parts = [fastdrop.dropout(shard, 0.2, seed=seed, offset=i * shard.numel(), backend=backend)
+             for i, shard in enumerate(full.chunk(2))]
+    assert torch.equal(torch.cat(parts), whole)
+
+
+# ---------------------------------------------------------------- threads
+def test_threads_never_share_a_mask():
+    x = torch.ones(4096)
+    masks, lock = [], threading.Lock()
+
+    def work():
+        for _ in range(25):
+            m = fastdrop.dropout(x, 0.5) != 0
+            with lock:
+                masks.append(m)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    keys = {bytes(m.numpy()) for m in masks}
+    assert len(masks) == 100 and len(keys) == 100
+
+
+# ---------------------------------------------------------------- DDP
+def _ddp_worker(rank, world, port, seed, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # same initial weights on every rank
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), fastdrop.Dropout(0.3), nn.Linear(16, 1))
+        ddp = nn.parallel.DistributedDataParallel(model)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        torch.manual_seed(seed + rank)  # each rank its own data and masks
+        for _ in range(5):
+            x, t = torch.randn(8, 8), torch.randn(8, 1)
+            opt.zero_grad()
+            nn.functional.mse_loss(ddp(x), t).backward()
+            opt.step()
+        torch.save([p.detach() for p in model.parameters()], f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_ddp(tmp_path, seed):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), seed, str(tmp_path)), nprocs=2, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+
+def test_ddp_two_processes_stay_in_sync_and_reproduce(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = _run_ddp(tmp_path / "a", seed=1)
+    second = _run_ddp(tmp_path / "b", seed=1)
+    for p0, p1 in zip(*first):
+        assert torch.equal(p0, p1), "ranks out of sync"
+    for pa, pb in zip(first[0], second[0]):
+        assert torch.equal(pa, pb), "same seeds, different run"
+    torch.manual_seed(0)
+    init = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Identity(), nn.Linear(16, 1))
+    assert not torch.equal(first[0][0], init[0].weight), "no training happened"
+
+
+# ---------------------------------------------------------------- CUDA graphs
+@cuda
+def test_cuda_graph_capture_without_seed_is_refused():
+    x = torch.randn(1024, device="cuda")
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s), pytest.raises(RuntimeError, match="CUDA graph"):
+        with torch.cuda.graph(g):
+            fastdrop.dropout(x, 0.5)
