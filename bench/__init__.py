@@ -1,0 +1,1 @@
+"""Benchmarks and the GPU check for fastdrop; results under bench/results/."""

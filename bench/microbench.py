@@ -1,0 +1,285 @@
+"""Dropout microbenchmark: fastdrop vs torch eager vs torch.compile, against a copy roofline.
+
+    python -m bench.microbench          # quick: a few sizes (CPU: float32 only)
+    python -m bench.microbench --full   # every size 2^12.. (2^28 GPU, 2^24 CPU), all dtypes
+
+Writes bench/results/<device>.csv (<device>-quick.csv for the quick run) and a plot next
+to it. Every provider's bandwidth uses the same byte count (see ``bytes_moved``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import math
+import platform
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torch.utils.benchmark as benchmark
+
+import fastdrop
+
+try:
+    import triton
+    import triton.testing
+except ImportError:  # CPU-only installs without triton still run the CPU benchmark
+    triton = None
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # sweep order
+MODES = ("forward", "backward", "forward+backward")
+COMPILE_LIMIT_S = 30.0  # on CPU a slower inductor compile drops torch.compile from the run
+RESULTS = Path(__file__).parent / "results"
+COLUMNS = ["device", "torch", "triton", "date", "threads", "dtype", "numel", "mode", "provider", "p",
+           "median_ms", "p20_ms", "p80_ms", "gbps", "pct_roofline", "speedup_vs_eager",
+           "saved_bytes_per_elem"]
+
+
+def bytes_moved(mode: str, numel: int, itemsize: int) -> int:
+    """Bytes counted for every provider: each pass reads one tensor and writes one."""
+    passes = 2 if mode == "forward+backward" else 1
+    return passes * 2 * itemsize * numel
+
+
+def time_cuda(fn, grads):
+    """(median, p20, p80) in ms on the GPU."""
+    med, p20, p80 = triton.testing.do_bench(fn, warmup=10, rep=50, grad_to_none=grads,
+                                            quantiles=[0.5, 0.2, 0.8])
+    return med, p20, p80
+
+
+def time_cpu(fn, grads, full=False, min_samples=3):
+    """(median, p20, p80) in ms on the CPU, with all of torch's threads (Timer defaults to 1)."""
+    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.adaptive_autorange(threshold=0.05, min_run_time=0.2 if full else 0.05,
+                                 max_run_time=3.0 if full else 1.0)
+    times = list(m.times)  # seconds per call, one per block of m.number_per_run calls
+    while len(times) < min_samples:  # slow calls: a few more blocks so p20/p80 mean something
+        times += timer.timeit(m.number_per_run).times
+    p20, p50, p80 = np.quantile(times, [0.2, 0.5, 0.8])
+    return p50 * 1e3, p20 * 1e3, p80 * 1e3
+
+
+def make_ops():
+    """provider -> dropout(x, p); the copy roofline is timed separately."""
+    import torch._dynamo.config as dynamo_config
+    import torch._functorch.config as functorch_config
+    if hasattr(functorch_config, "donated_buffer"):
+        functorch_config.donated_buffer = False  # donated buffers forbid backward(retain_graph=True)
+    for name in ("recompile_limit", "cache_size_limit"):  # one compile per dtype and grad mode
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, 64)
+    return {
+        "fastdrop": lambda x, p: fastdrop.dropout(x, p, training=True),
+        "torch": lambda x, p: F.dropout(x, p, training=True),
+        "torch.compile": torch.compile(F.dropout, dynamic=True),
+    }
+
+
+def closure(op, mode, x, xg, g, p):
+    """The timed closure: the dropout call, its backward on a graph built here, or both."""
+    if mode == "forward":
+        return lambda: op(x, p)
+    if mode == "backward":
+        y = op(xg, p)
+        return lambda: torch.autograd.grad(y, xg, g, retain_graph=True)
+    return lambda: torch.autograd.grad(op(xg, p), xg, g)
+
+
+def copy_closure(mode, x, g, out, out2):
+    """The roofline: one plain device copy per pass (forward+backward makes two)."""
+    if mode == "forward+backward":
+        return lambda: (out.copy_(x), out2.copy_(g))
+    return lambda: out.copy_(x)
+
+
+def saved_bytes_per_elem(op, like, p, numel=4096) -> float:
+    """Bytes of tensors autograd keeps for backward, per input element (on a small tensor)."""
+    xg = torch.randn(numel, device=like.device, dtype=like.dtype, requires_grad=True)
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        op(xg, p)
+    return total / xg.numel()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu-{model}"
+
+
+def sweep(device: torch.device, full: bool):
+    """(dtype, numel) blocks, largest sizes first: a run cut short by --budget keeps those."""
+    if device.type == "cuda":
+        dtypes = list(DTYPES) if full else ["fp32", "bf16"]
+        logs = range(12, 29) if full else range(12, 29, 4)
+    else:
+        dtypes = list(DTYPES) if full else ["fp32"]
+        logs = range(12, 25) if full else range(12, 25, 4)
+    return [(d, 1 << k) for k in reversed(logs) for d in dtypes]
+
+
+def fmt_row(r):
+    def num(v, spec):
+        return format(v, spec) if isinstance(v, float) and not math.isnan(v) else "-"
+    return (f"{r['dtype']:>5} 2^{int(math.log2(r['numel'])):<3}{r['mode']:>17} {r['provider']:>14}"
+            f"{r['median_ms']:>11.4f}{r['p20_ms']:>11.4f}{r['p80_ms']:>11.4f}{r['gbps']:>9.2f}"
+            f"{r['pct_roofline']:>8.1f}%{num(r['speedup_vs_eager'], '.2f'):>10}"
+            f"{num(r['saved_bytes_per_elem'], '.2f'):>7}")
+
+
+HEADER = (f"{'dtype':>5} {'numel':<5}{'mode':>17} {'provider':>14}{'median ms':>11}{'p20 ms':>11}"
+          f"{'p80 ms':>11}{'GB/s':>9}{'% copy':>9}{'vs eager':>10}{'saved':>7}")
+
+
+def run_block(device, dt, n, p, ops, skipped, failed, saved, full):
+    """All modes and providers for one (dtype, numel): rows without the run-wide columns."""
+    dtype = DTYPES[dt]
+    timer = time_cuda if device.type == "cuda" else (lambda fn, grads: time_cpu(fn, grads, full))
+    x = torch.randn(n, device=device, dtype=dtype)
+    xg = x.clone().requires_grad_()
+    g = torch.randn_like(x)
+    out, out2 = torch.empty_like(x), torch.empty_like(x)
+    rows = []
+    for mode in MODES:
+        times = {}
+        for name, op in ops.items():
+            if name in skipped or (name, mode, dt) in skipped:
+                continue
+            try:
+                t0 = time.perf_counter()
+                fn = closure(op, mode, x, xg, g, p)
+                if device.type == "cuda" or name == "torch.compile":
+                    fn()  # where torch.compile compiles (the CPU Timer warms up the others)
+                warm_s = time.perf_counter() - t0
+                times[name] = timer(fn, [xg])
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a failing provider is reported, the run goes on
+                why = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+                failed.setdefault((name, mode, dt, why), []).append(f"2^{n.bit_length() - 1}")
+                print(f"  {name} {mode} {dt} 2^{n.bit_length() - 1} failed: {why}")
+                if name == "torch.compile":  # it would fail again at the next size, slowly
+                    skipped[name, mode, dt] = f"failed: {why}"
+                continue
+            if (name, dt) not in saved:
+                try:
+                    saved[name, dt] = saved_bytes_per_elem(op, x, p)
+                except Exception as e:  # noqa: BLE001
+                    saved[name, dt] = float("nan")
+                    print(f"  {name} {dt}: saved bytes not measured: {type(e).__name__}: {e}")
+            if name == "torch.compile" and device.type == "cpu" and warm_s > COMPILE_LIMIT_S:
+                skipped[name] = f"CPU inductor compile took {warm_s:.0f} s (limit {COMPILE_LIMIT_S:.0f} s)"
+                print(f"  skipping {name} from here on: {skipped[name]}")
+        times["copy"] = timer(copy_closure(mode, x, g, out, out2), None)
+        nbytes = bytes_moved(mode, n, x.element_size())
+        eager = times["torch"][0] if "torch" in times else float("nan")
+        for name, (med, p20, p80) in times.items():
+            rows.append(dict(
+                dtype=dt, numel=n, mode=mode, provider=name,
+                p=p, median_ms=med, p20_ms=p20, p80_ms=p80, gbps=nbytes / med / 1e6,
+                pct_roofline=100 * times["copy"][0] / med,
+                speedup_vs_eager=eager / med if name != "copy" else float("nan"),
+                saved_bytes_per_elem=saved.get((name, dt), float("nan")),
+            ))
+            print(fmt_row(rows[-1]), flush=True)
+    return rows
+
+
+def plot(rows, path: Path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not importable: no plot")
+        return
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    fig, axes = plt.subplots(len(dtypes), len(MODES), figsize=(5 * len(MODES), 3.5 * len(dtypes)),
+                             squeeze=False, sharex=True)
+    for ax, (dt, mode) in zip(axes.flat, [(d, m) for d in dtypes for m in MODES]):
+        for prov in dict.fromkeys(r["provider"] for r in rows):
+            pts = sorted((r["numel"], r["gbps"]) for r in rows
+                         if r["dtype"] == dt and r["mode"] == mode and r["provider"] == prov)
+            if pts:
+                ax.plot(*zip(*pts), marker=".", label=prov)
+        ax.set(title=f"{dt} {mode}", xlabel="elements", ylabel="GB/s")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend()
+    fig.suptitle(f"dropout bandwidth, {rows[0]['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true", help="the whole sweep (all sizes and dtypes)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the CSV and plot")
+    ap.add_argument("--p", type=float, default=0.5, help="drop probability (default 0.5)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds: start no new size after this (the CSV keeps what was measured)")
+    args = ap.parse_args(argv)
+
+    start = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = device_name(device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9.-]+", "_", dev).strip("_") + ("" if args.full else "-quick")
+    csv_path = args.out / f"{stem}.csv"
+    common = dict(device=dev, torch=torch.__version__, triton=getattr(triton, "__version__", "none"),
+                  date=datetime.date.today().isoformat(), threads=torch.get_num_threads())
+    print(f"{dev}: torch {common['torch']}, triton {common['triton']}, {common['threads']} threads, "
+          f"p={args.p}, {'full' if args.full else 'quick'} sweep")
+    ops, skipped, failed, saved, rows = make_ops(), {}, {}, {}, []
+    blocks = sweep(device, args.full)
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for i, (dt, n) in enumerate(blocks, 1):
+            elapsed, size = time.perf_counter() - start, f"{dt} 2^{n.bit_length() - 1}"
+            if args.budget is not None and elapsed > args.budget:
+                print(f"time budget of {args.budget:.0f} s spent: stopping before {size}")
+                break
+            print(f"[{i}/{len(blocks)}] {size}, {elapsed:.0f} s in\n{HEADER}", flush=True)
+            try:
+                block = run_block(device, dt, n, args.p, ops, skipped, failed, saved, args.full)
+            except torch.cuda.OutOfMemoryError:
+                print(f"  out of memory: no {size}")
+                torch.cuda.empty_cache()
+                continue
+            for r in block:
+                r.update(common)
+                writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()})
+            f.flush()
+            rows += block
+    for (name, mode, dt, why), sizes in failed.items():
+        print(f"failed: {name} {mode} {dt} at {', '.join(sizes)}: {why}")
+    for key, why in skipped.items():
+        print(f"not measured from then on: {' '.join(key) if isinstance(key, tuple) else key}: {why}")
+    print(f"wrote {csv_path} ({len(rows)} rows) in {time.perf_counter() - start:.0f} s")
+    if rows:
+        plot(rows, csv_path.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
