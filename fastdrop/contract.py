@@ -16,9 +16,11 @@ tests hold the two bit-identical.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
+import torch
 
 CONTRACT_VERSION = 1
 PHILOX_ROUNDS = 10
@@ -30,11 +32,25 @@ UINT32 = 1 << 32
 UINT64 = 1 << 64
 
 
+class NanProbabilityError(ValueError, RuntimeError):
+    """p is NaN: PyTorch raises RuntimeError here (from ATen), other bad values ValueError."""
+
+
 def check_p(p) -> float:
-    """Validate a drop probability like torch.nn.functional.dropout does."""
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
-        # PyTorch's exact text; a non-real p also lands here rather than in a TypeError
-        # from a comparison deep inside.
+    """Validate a drop probability as torch.nn.functional.dropout does; return it as a float."""
+    if isinstance(p, torch.Tensor):
+        # Like PyTorch's argument parser: a 0-dim tensor without grad passes as a number.
+        if p.dim() != 0 or p.requires_grad:
+            raise TypeError("dropout(): argument 'p' must be float, not Tensor "
+                            "(a 0-dim tensor that does not require grad is accepted)")
+        p = p.item()
+    elif isinstance(p, np.generic):
+        p = p.item()
+    if not isinstance(p, numbers.Real):
+        raise TypeError(f"dropout probability must be a real number in [0, 1], but got {type(p).__name__} {p!r}")
+    if math.isnan(p):
+        raise NanProbabilityError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     return float(p)
 
