@@ -16,9 +16,16 @@ MAX_DIMS = 4  # dims the strided kernel walks after merging; more falls back to 
 
 
 @triton.jit
+def _f64(bits):
+    # float64 from its bits. A bits value that fits in 32 bits (0.0 is 0) arrives typed int32:
+    # widen first (sign extension keeps the value), then reinterpret.
+    return bits.to(tl.int64).to(tl.float64, bitcast=True)
+
+
+@triton.jit
 def _apply(x, keep, scale_bits):
     # Scale in float32 for 16/32-bit types (as PyTorch does), in float64 for float64.
-    scale = scale_bits.to(tl.float64, bitcast=True)
+    scale = _f64(scale_bits)
     if x.dtype == tl.float64:
         y = x * scale
     else:
