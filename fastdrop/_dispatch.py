@@ -11,8 +11,9 @@ from . import _cpu, contract
 
 try:  # the kernels need triton; the CPU path does not
     from .kernels import dropout as _kernels
+    from .kernels import residual as _residual_kernels
 except ImportError:  # pragma: no cover - exercised by a subprocess test
-    _kernels = None
+    _kernels = _residual_kernels = None
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BACKENDS = ("auto", "triton", "cpu")
@@ -74,12 +75,43 @@ def _scale(p: float) -> float:
     return 1.0 / (1.0 - p) if p < 1.0 else 0.0
 
 
-def apply_mask(x, y, p, seed, offset, backend):
-    """y = x * keep * 1/(1-p) by the mask contract (x and y may be the same tensor)."""
+def _bits(v: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", v))[0]
+
+
+def mask_strides(noise_shape) -> tuple:
+    """Row-major strides of ``noise_shape`` with 0 on its size-1 dims: the kernels' mask index."""
+    strides, acc = [], 1
+    for s in reversed(noise_shape):
+        strides.append(acc if s != 1 else 0)
+        acc *= s
+    return tuple(reversed(strides))
+
+
+def apply_mask(x, y, p, seed, offset, backend, *, noise_shape=None, scale=None, affine=None):
+    """y = x * keep * 1/(1-p) by the mask contract (x and y may be the same tensor).
+
+    ``noise_shape`` (x.dim() entries, each 1 or x's size): one keep bit per element of that
+    shape, shared along its size-1 dims. ``scale`` replaces 1/(1-p). ``affine=(add, drop)``
+    gives ``keep ? x * scale + add : drop`` (alpha dropout).
+    """
+    threshold = contract.keep_threshold(p)
+    scale = _scale(p) if scale is None else scale
+    if noise_shape is not None and tuple(noise_shape) == tuple(x.shape):
+        noise_shape = None  # one bit per element: plain dropout
+    if backend == "cpu":
+        _cpu.apply(x, y, seed, offset, threshold, scale, noise_shape=noise_shape, affine=affine)
+    elif backend == "triton":
+        strides = None if noise_shape is None else mask_strides(noise_shape)
+        _kernels.launch(x, y, seed, offset, threshold, _bits(scale), mask_strides=strides, affine=affine)
+    return y
+
+
+def apply_dropout_add(x, bias, residual, y, p, seed, offset, backend):
+    """y = residual + dropout(x + bias) (bias may be None); contiguous tensors, y fresh."""
     threshold = contract.keep_threshold(p)
     if backend == "cpu":
-        _cpu.apply(x, y, seed, offset, threshold, _scale(p))
+        _cpu.dropout_add(x, bias, residual, y, seed, offset, threshold, _scale(p))
     elif backend == "triton":
-        scale_bits = struct.unpack("<q", struct.pack("<d", _scale(p)))[0]
-        _kernels.launch(x, y, seed, offset, threshold, scale_bits)
+        _residual_kernels.launch(x, bias, residual, y, seed, offset, threshold, _bits(_scale(p)))
     return y

@@ -1,10 +1,17 @@
 """Fused dropout kernels: the keep mask is regenerated from (seed, offset), never stored.
 
-Both kernels implement the mask contract of ``fastdrop.contract``: element ``g`` of the
+All kernels implement the mask contract of ``fastdrop.contract``: element ``g`` of the
 stream keeps iff word ``g % 4`` of Philox4x32-10 at counter ``g // 4`` (key = seed) is
 below the threshold. Forward and backward are the same kernel (backward runs it on the
 incoming gradient). Each reads one tensor and writes one: 2 * itemsize bytes per element.
+
+An element's stream index is ``sum(coord * mask_stride)``: the row-major strides of the
+input (plain dropout) or of a broadcast noise shape with 0 on its size-1 dims (channel
+dropout, drop path, ``noise_shape``). With broadcast dims, ``_dropout_bcast_kernel`` draws
+one Philox word per noise element and shares it along the broadcast dims.
 """
+
+import struct
 
 import triton
 import triton.language as tl
@@ -12,7 +19,8 @@ import triton.language as tl
 WORDS = 4  # 32-bit words per Philox call, one per element
 BLOCK = 2048
 NUM_WARPS = 4
-MAX_DIMS = 4  # dims the strided kernel walks after merging; more falls back to a copy
+MAX_DIMS = 4  # dims the strided kernel walks after merging; more are walked slice by slice
+MAX_BCAST_DIMS = 3  # noise dims and broadcast dims the broadcast kernel walks, each
 
 
 @triton.jit
@@ -23,37 +31,64 @@ def _f64(bits):
 
 
 @triton.jit
-def _apply(x, keep, scale_bits):
+def _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE: tl.constexpr):
     # Scale in float32 for 16/32-bit types (as PyTorch does), in float64 for float64.
     scale = _f64(scale_bits)
     if x.dtype == tl.float64:
         y = x * scale
     else:
         y = x.to(tl.float32) * scale.to(tl.float32)
+    if AFFINE:
+        # Alpha dropout, rounded as PyTorch's x.mul(noise).add_(b): x * a in x's dtype,
+        # then + b. Launched with fp fusion off, so no FMA merges the two roundings.
+        add = _f64(add_bits).to(y.dtype)
+        drop = _f64(drop_bits).to(y.dtype)
+        y = y.to(x.dtype).to(y.dtype) + add
+        return tl.where(keep, y, drop)
     # tl.where, not a multiply by 0, so dropped inf/NaN become 0.
     return tl.where(keep, y, 0.0)
 
 
+@triton.jit
+def _block_keep(seed, q0, threshold, BLOCK: tl.constexpr):
+    # Keep bits of the BLOCK consecutive stream positions from 4 * q0 on: BLOCK // 4
+    # Philox calls, all four words used.
+    q = q0 + tl.arange(0, BLOCK // 4).to(tl.int64)
+    zero = tl.zeros_like(q).to(tl.uint32)
+    r0, r1, r2, r3 = tl.philox(seed, (q & 0xFFFFFFFF).to(tl.uint32), (q >> 32).to(tl.uint32), zero, zero)
+    # Interleave to r0[0], r1[0], r2[0], r3[0], r0[1], ...
+    r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [BLOCK])
+    return r.to(tl.int64) < threshold
+
+
+@triton.jit
+def _word(seed, base, g):
+    # The contract's 32-bit word of stream position 4 * base + g (g: int64 tensor), as int64.
+    q = base + g // 4
+    w = g % 4
+    zero = tl.zeros_like(q).to(tl.uint32)
+    r0, r1, r2, r3 = tl.philox(seed, (q & 0xFFFFFFFF).to(tl.uint32), (q >> 32).to(tl.uint32), zero, zero)
+    return tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3))).to(tl.int64)
+
+
 # n stays specialized: its divisibility by 16 lets the compiler vectorize the masked loads.
-@triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits"])
+@triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits"])
 def _dropout_kernel(
     X_ptr, Y_ptr, n,
     seed,        # 64-bit Philox key, reinterpreted as signed
     base,        # Philox counter of the first stream position: offset // 4
     threshold,   # keep iff the 32-bit word < threshold, in [0, 2**32]
-    scale_bits,  # float64 bits of 1 / (1 - p)
+    scale_bits,  # float64 bits of 1 / (1 - p) (alpha dropout: of a)
+    add_bits,    # AFFINE only: float64 bits of what kept elements add (alpha dropout's b)
+    drop_bits,   # AFFINE only: float64 bits of the value of dropped elements
     SHIFT: tl.constexpr,  # offset % 4: element i sits at stream position 4 * base + SHIFT + i
     BLOCK: tl.constexpr,
+    AFFINE: tl.constexpr,  # y = keep ? x * scale + add : drop, instead of keep ? x * scale : 0
 ):
     # Contiguous x and y. Each program owns BLOCK consecutive stream positions, so the four
     # words of each Philox call go to four consecutive elements.
     pid = tl.program_id(0).to(tl.int64)
-    q = base + pid * (BLOCK // 4) + tl.arange(0, BLOCK // 4).to(tl.int64)
-    zero = tl.zeros_like(q).to(tl.uint32)
-    r0, r1, r2, r3 = tl.philox(seed, (q & 0xFFFFFFFF).to(tl.uint32), (q >> 32).to(tl.uint32), zero, zero)
-    # Interleave to r0[0], r1[0], r2[0], r3[0], r0[1], ...
-    r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [BLOCK])
-    keep = r.to(tl.int64) < threshold
+    keep = _block_keep(seed, base + pid * (BLOCK // 4), threshold, BLOCK)
     # Scalar start + int32 arange keeps the contiguity the compiler needs to vectorize.
     start = pid * BLOCK - SHIFT
     offs = tl.arange(0, BLOCK)
@@ -61,17 +96,18 @@ def _dropout_kernel(
     if SHIFT != 0:
         inb = inb & (offs >= -start)
     x = tl.load(X_ptr + start + offs, mask=inb)
-    tl.store(Y_ptr + start + offs, _apply(x, keep, scale_bits).to(Y_ptr.dtype.element_ty), mask=inb)
+    y = _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE)
+    tl.store(Y_ptr + start + offs, y.to(Y_ptr.dtype.element_ty), mask=inb)
 
 
-@triton.jit(do_not_specialize=["n", "seed", "base", "threshold", "scale_bits"])
+@triton.jit(do_not_specialize=["n", "seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits"])
 def _dropout_strided_kernel(
-    X_ptr, Y_ptr, n, seed, base, threshold, scale_bits,
+    X_ptr, Y_ptr, n, seed, base, threshold, scale_bits, add_bits, drop_bits,
     S1, S2, S3,              # sizes of walked dims 1..3 (dim 0 follows from n)
     XS0, XS1, XS2, XS3,      # x strides of the walked dims
     YS0, YS1, YS2, YS3,      # y strides
-    LS0, LS1, LS2, LS3,      # logical (row-major) strides: the element's index in the contract
-    SHIFT: tl.constexpr, BLOCK: tl.constexpr,
+    LS0, LS1, LS2, LS3,      # mask strides (row-major by default): the element's index in the contract
+    SHIFT: tl.constexpr, BLOCK: tl.constexpr, AFFINE: tl.constexpr,
 ):
     # Any strides. Dims are walked in y's memory order so stores stay coalesced; the mask
     # follows the logical index, so each element takes its own word of a Philox call.
@@ -85,28 +121,71 @@ def _dropout_strided_kernel(
     c1 = t % S1
     c0 = t // S1
     g = c0 * LS0 + c1 * LS1 + c2 * LS2 + c3 * LS3 + SHIFT
-    q = base + g // 4
-    w = g % 4
-    zero = tl.zeros_like(q).to(tl.uint32)
-    r0, r1, r2, r3 = tl.philox(seed, (q & 0xFFFFFFFF).to(tl.uint32), (q >> 32).to(tl.uint32), zero, zero)
-    r = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
-    keep = r.to(tl.int64) < threshold
+    keep = _word(seed, base, g) < threshold
     x = tl.load(X_ptr + c0 * XS0 + c1 * XS1 + c2 * XS2 + c3 * XS3, mask=inb)
-    y = _apply(x, keep, scale_bits).to(Y_ptr.dtype.element_ty)
+    y = _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE).to(Y_ptr.dtype.element_ty)
     tl.store(Y_ptr + c0 * YS0 + c1 * YS1 + c2 * YS2 + c3 * YS3, y, mask=inb)
 
 
-def walk_dims(shape, x_strides, y_strides):
-    """Dims in y's memory order, merged where x, y and the logical index all allow.
+@triton.jit
+def _split3(i, N1, N2):
+    # Row-major coordinates of flat index i over sizes (N0, N1, N2).
+    i2 = i % N2
+    t = i // N2
+    return t // N1, t % N1, i2
 
-    Returns (sizes, x_strides, y_strides, logical_strides), outermost first, without
-    size-1 dims. One dim with unit strides everywhere means both tensors are contiguous.
+
+@triton.jit(do_not_specialize=["M", "K", "seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits"])
+def _dropout_bcast_kernel(
+    X_ptr, Y_ptr,
+    M, K,                    # noise elements, broadcast positions per noise element (n = M * K)
+    seed, base, threshold, scale_bits, add_bits, drop_bits,
+    M1, M2,                  # sizes of walked noise dims 1..2 (dim 0 follows from M)
+    XM0, XM1, XM2, YM0, YM1, YM2, LM0, LM1, LM2,  # x, y and mask strides of the noise dims
+    K1, K2,                  # sizes of walked broadcast dims 1..2 (mask stride 0)
+    XK0, XK1, XK2, YK0, YK1, YK2,
+    SHIFT: tl.constexpr, AFFINE: tl.constexpr,
+    M_INNER: tl.constexpr,   # the innermost memory dim is a noise dim: tiles are [BLOCK_K, BLOCK_M]
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # One Philox word per noise element (a channel, a sample), shared by its BLOCK_K
+    # broadcast positions: channel dropout costs 1/K of the Philox work of plain dropout.
+    pid = tl.program_id(0).to(tl.int64)
+    num_k = tl.cdiv(K, BLOCK_K)
+    m = (pid // num_k) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    k = (pid % num_k) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
+    m0, m1, m2 = _split3(m, M1, M2)
+    k0, k1, k2 = _split3(k, K1, K2)
+    keep = _word(seed, base, m0 * LM0 + m1 * LM1 + m2 * LM2 + SHIFT) < threshold
+    xm, ym = m0 * XM0 + m1 * XM1 + m2 * XM2, m0 * YM0 + m1 * YM1 + m2 * YM2
+    xk, yk = k0 * XK0 + k1 * XK1 + k2 * XK2, k0 * YK0 + k1 * YK1 + k2 * YK2
+    if M_INNER:
+        xo, yo, keep = xk[:, None] + xm[None, :], yk[:, None] + ym[None, :], keep[None, :]
+        inb = (k < K)[:, None] & (m < M)[None, :]
+    else:
+        xo, yo, keep = xm[:, None] + xk[None, :], ym[:, None] + yk[None, :], keep[:, None]
+        inb = (m < M)[:, None] & (k < K)[None, :]
+    x = tl.load(X_ptr + xo, mask=inb)
+    y = _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE).to(Y_ptr.dtype.element_ty)
+    tl.store(Y_ptr + yo, y, mask=inb)
+
+
+def walk_dims(shape, x_strides, y_strides, mask_strides=None):
+    """Dims in y's memory order, merged where x, y and the mask index all allow.
+
+    Returns (sizes, x_strides, y_strides, mask_strides), outermost first, without
+    size-1 dims. ``mask_strides`` defaults to the row-major strides of ``shape``; a 0
+    marks a dim the mask is shared along. One dim with unit strides everywhere means
+    both tensors are contiguous and the mask index is the memory index.
     """
-    logical, acc = [], 1
-    for s in reversed(shape):
-        logical.append(acc)
-        acc *= s
-    logical.reverse()
+    if mask_strides is None:
+        logical, acc = [], 1
+        for s in reversed(shape):
+            logical.append(acc)
+            acc *= s
+        logical.reverse()
+    else:
+        logical = list(mask_strides)
     dims = [d for d in range(len(shape)) if shape[d] != 1]
     # Outermost = largest y stride; ties keep logical order (stable sort).
     dims.sort(key=lambda d: -y_strides[d])
@@ -123,25 +202,85 @@ def walk_dims(shape, x_strides, y_strides):
     return [tuple(col) for col in zip(*out)] if out else [(), (), (), ()]
 
 
-def launch(x, y, seed, offset, threshold, scale_bits, block=BLOCK):
-    """y = dropout(x) by the mask contract; x and y have the same shape, any strides."""
+def _pad(cols, width):
+    # Left-pad walked dims to `width` with size-1, stride-0 dims.
+    pad = width - len(cols[0])
+    return [(1,) * pad + cols[0]] + [(0,) * pad + c for c in cols[1:]]
+
+
+def _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, affine, block):
+    noise = [i for i in range(len(sizes)) if ls[i] != 0]
+    bcast = [i for i in range(len(sizes)) if ls[i] == 0]
+    msz, mx, my, ml = _pad([tuple(col[i] for i in noise) for col in (sizes, xs, ys, ls)], MAX_BCAST_DIMS)
+    ksz, kx, ky = _pad([tuple(col[i] for i in bcast) for col in (sizes, xs, ys)], MAX_BCAST_DIMS)
+    M = 1
+    for s in msz:
+        M *= s
+    K = n // M
+    m_inner = ls[-1] != 0
+    # The tile shape is a speed choice only: the mask depends on the noise index alone.
+    inner = min(triton.next_power_of_2(M if m_inner else K), max(block // 2, 1))
+    outer = max(block // inner, 1)
+    block_m, block_k = (inner, outer) if m_inner else (outer, inner)
+    grid = (triton.cdiv(M, block_m) * triton.cdiv(K, block_k),)
+    _dropout_bcast_kernel[grid](x, y, M, K, *args, msz[1], msz[2], *mx, *my, *ml, ksz[1], ksz[2], *kx, *ky,
+                                SHIFT=shift, AFFINE=affine, M_INNER=m_inner, BLOCK_M=block_m,
+                                BLOCK_K=block_k, num_warps=NUM_WARPS, enable_fp_fusion=not affine)
+    return y
+
+
+def _float_bits(v):
+    return struct.unpack("<q", struct.pack("<d", float(v)))[0]
+
+
+def launch(x, y, seed, offset, threshold, scale_bits, block=BLOCK, *, mask_strides=None, affine=None):
+    """y = dropout(x) by the mask contract; x and y have the same shape, any strides.
+
+    ``mask_strides`` (one per dim of x) give each element's stream index as
+    ``sum(coord * mask_stride)``; default: x's row-major strides. Zeros share one keep bit
+    along a dim (noise shapes). ``affine=(add, drop)`` (floats) gives alpha dropout's form
+    ``keep ? x * scale + add : drop``, rounded as PyTorch rounds it.
+    """
     n = x.numel()
     if n == 0:
         return y
-    seed = seed - (1 << 64) if seed >= (1 << 63) else seed
+    signed_seed = seed - (1 << 64) if seed >= (1 << 63) else seed
     base, shift = divmod(offset, WORDS)
-    sizes, xs, ys, ls = walk_dims(x.shape, x.stride(), y.stride())
-    if len(sizes) <= 1 and xs in ((), (1,)) and ys in ((), (1,)):
+    add_bits, drop_bits = (0, 0) if affine is None else (_float_bits(affine[0]), _float_bits(affine[1]))
+    args = (signed_seed, base, threshold, scale_bits, add_bits, drop_bits)
+    is_affine = affine is not None
+    sizes, xs, ys, ls = walk_dims(x.shape, x.stride(), y.stride(), mask_strides)
+    if len(sizes) <= 1 and xs in ((), (1,)) and ys in ((), (1,)) and ls in ((), (1,)):
         grid = (triton.cdiv(n + shift, block),)
-        _dropout_kernel[grid](x, y, n, seed, base, threshold, scale_bits,
-                              SHIFT=shift, BLOCK=block, num_warps=NUM_WARPS)
+        _dropout_kernel[grid](x, y, n, *args, SHIFT=shift, BLOCK=block, AFFINE=is_affine,
+                              num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
         return y
-    if len(sizes) > MAX_DIMS:
-        raise ValueError(f"strided kernel walks at most {MAX_DIMS} dims, got {len(sizes)}")
-    pad = MAX_DIMS - len(sizes)
-    sizes, xs, ys, ls = ((1,) * pad + sizes, (0,) * pad + xs, (0,) * pad + ys, (0,) * pad + ls)
+    has_bcast = 0 in ls
+    n_noise = sum(1 for s in ls if s != 0)
+    if (len(sizes) > MAX_DIMS if not has_bcast
+            else max(n_noise, len(ls) - n_noise) > MAX_BCAST_DIMS):
+        return _launch_sliced(x, y, seed, offset, threshold, scale_bits, block, mask_strides, affine)
+    if has_bcast:
+        return _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, is_affine, block)
+    sizes, xs, ys, ls = _pad([sizes, xs, ys, ls], MAX_DIMS)
     grid = (triton.cdiv(n, block),)
-    _dropout_strided_kernel[grid](x, y, n, seed, base, threshold, scale_bits,
-                                  sizes[1], sizes[2], sizes[3], *xs, *ys, *ls,
-                                  SHIFT=shift, BLOCK=block, num_warps=NUM_WARPS)
+    _dropout_strided_kernel[grid](x, y, n, *args, sizes[1], sizes[2], sizes[3], *xs, *ys, *ls,
+                                  SHIFT=shift, BLOCK=block, AFFINE=is_affine,
+                                  num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
+    return y
+
+
+def _launch_sliced(x, y, seed, offset, threshold, scale_bits, block, mask_strides, affine):
+    # More dims than the kernels walk: launch once per index of y's outermost dim. Slice i
+    # of dim d is the same op at stream offset offset + i * mask_stride[d].
+    if mask_strides is None:
+        mask_strides, acc = [0] * x.dim(), 1
+        for d in reversed(range(x.dim())):
+            mask_strides[d] = acc
+            acc *= x.shape[d]
+    d = max((d for d in range(x.dim()) if x.shape[d] != 1), key=lambda d: y.stride(d))
+    rest = tuple(mask_strides[:d]) + tuple(mask_strides[d + 1:])
+    for i in range(x.shape[d]):
+        launch(x.select(d, i), y.select(d, i), seed, offset + i * mask_strides[d], threshold, scale_bits,
+               block, mask_strides=rest, affine=affine)
     return y
