@@ -1,8 +1,16 @@
 """fastdrop: fused, seed-driven dropout for PyTorch."""
 
 from . import contract
+from .family import (alpha_dropout, bias_dropout_add, drop_path, dropout1d, dropout2d, dropout3d, dropout_add,
+                     feature_alpha_dropout, noise_dropout)
 from .functional import dropout, dropout_mask, philox
-from .modules import Dropout
+from .modules import (AlphaDropout, Dropout, Dropout1d, Dropout2d, Dropout3d, DropPath, FeatureAlphaDropout,
+                      NoiseDropout, replace_dropout)
 
-__all__ = ["Dropout", "contract", "dropout", "dropout_mask", "philox"]
+__all__ = [
+    "AlphaDropout", "DropPath", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout",
+    "NoiseDropout", "alpha_dropout", "bias_dropout_add", "contract", "drop_path", "dropout", "dropout1d",
+    "dropout2d", "dropout3d", "dropout_add", "dropout_mask", "feature_alpha_dropout", "noise_dropout", "philox",
+    "replace_dropout",
+]
 __version__ = "0.1.0"

@@ -1,0 +1,359 @@
+"""The dropout family on one mask contract: noise shapes, channel, alpha, drop-path, residual.
+
+Every variant draws its keep bits from ``fastdrop.contract`` (seed, offset, index), stores
+no mask and regenerates it in backward. What differs is the shape of the mask and what a
+kept or dropped element becomes:
+
+- ``noise_dropout``: one bit per element of ``noise_shape``, shared along its size-1 dims;
+  the bit of an input element is the contract bit at the row-major index of its
+  coordinates in the noise shape (size-1 dims at coordinate 0), plus ``offset``.
+- ``dropout1d/2d/3d``: noise shape (N, C, 1, ...), one bit per (sample, channel).
+- ``alpha_dropout`` / ``feature_alpha_dropout``: dropped elements take SELU's saturation
+  value, with PyTorch's affine correction.
+- ``drop_path``: noise shape (N, 1, ...), one bit per sample (stochastic depth).
+- ``dropout_add`` / ``bias_dropout_add``: ``residual + dropout(x [+ bias])`` in one pass.
+
+Signatures follow PyTorch (timm for ``drop_path``); additions are keyword-only.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass, replace
+
+import torch
+
+from . import _rng, contract
+from ._dispatch import (P_DEFAULT, _scale, apply_dropout_add, apply_mask, check_input, resolve_backend,
+                        resolve_p)
+
+# -alpha' in ATen's alpha dropout: SELU's negative saturation value is -lambda * alpha.
+SELU_ALPHA = 1.7580993408473766
+
+
+@dataclass(frozen=True)
+class _Mask:
+    """Everything that decides a masked op, and nothing per element: what autograd saves."""
+
+    p: float
+    seed: int
+    offset: int
+    backend: str
+    noise_shape: tuple | None  # None: one bit per element
+    scale: float
+    affine: tuple | None = None  # (add, drop): keep ? x * scale + add : drop
+
+
+class _MaskedDropout(torch.autograd.Function):
+    # y = keep ? x * scale (+ add) : (0 or drop). dy/dx = keep * scale: the linear form of the
+    # same op, so backward is this Function again on the gradient (and so on, for higher orders).
+    @staticmethod
+    def forward(ctx, x, mask, inplace):
+        y = x if inplace else torch.empty_like(x)
+        apply_mask(x, y, mask.p, mask.seed, mask.offset, mask.backend, noise_shape=mask.noise_shape,
+                   scale=mask.scale, affine=mask.affine)
+        if inplace:
+            ctx.mark_dirty(x)
+        ctx.mask = mask
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _MaskedDropout.apply(grad, replace(ctx.mask, affine=None), False), None, None
+
+
+def _check_inplace(input):
+    if torch._debug_has_internal_overlap(input) == 1:
+        raise RuntimeError(
+            "unsupported operation: more than one element of the written-to tensor refers to a single "
+            "memory location. Please clone() the tensor before performing the operation."
+        )
+
+
+def _seed_offset(seed, offset, count, p, device, generator):
+    if seed is None:
+        if offset != 0:
+            raise ValueError("offset needs an explicit seed")
+        # p == 1 draws nothing: every element is dropped whatever the stream says.
+        return (0, 0) if p == 1.0 else _rng.reserve(count, device, generator)
+    return contract.check_seed(seed), contract.check_offset(offset, count)
+
+
+def _alpha_constants(p: float, dtype: torch.dtype):
+    """(a, b_kept, b_dropped) in ``dtype``, rounded exactly as ATen's alpha dropout rounds them.
+
+    ATen: ``b = noise.add(-1).mul_(alpha * a).add_(alpha * a * p); noise.mul_(a)`` on the 0/1
+    noise, then ``y = x.mul(noise).add_(b)``. Running the same ops on a 0/1 tensor of the
+    input's dtype gives the very constants its noise holds.
+    """
+    a = 1.0 / math.sqrt((SELU_ALPHA * SELU_ALPHA * p + 1) * (1 - p))
+    noise = torch.tensor([0.0, 1.0], dtype=dtype)
+    b = noise.add(-1).mul_(SELU_ALPHA * a).add_(SELU_ALPHA * a * p)
+    noise.mul_(a)
+    return float(noise[1]), float(b[1]), float(b[0])
+
+
+def _masked(input, p, noise_shape, inplace, seed, offset, generator, backend, *, scale=None, alpha=False,
+            name="dropout"):
+    """The one path of every masked variant, once training is on and p > 0 is settled."""
+    check_input(input, name)
+    if input.numel() == 0:
+        return input
+    backend = resolve_backend(backend, input.device)
+    if inplace:
+        _check_inplace(input)
+    if backend == "meta":
+        return input if inplace else torch.empty_like(input)
+    count = input.numel() if noise_shape is None else math.prod(noise_shape)
+    seed, offset = _seed_offset(seed, offset, count, p, input.device, generator)
+    affine = None
+    if alpha and p < 1.0:  # p == 1: PyTorch gives x * 0, the plain form with scale 0
+        scale, add, drop = _alpha_constants(p, input.dtype)
+        affine = (add, drop)
+    elif scale is None:
+        scale = _scale(p)
+    mask = _Mask(p, seed, offset, backend, noise_shape, scale, affine)
+    return _MaskedDropout.apply(input, mask, inplace)
+
+
+def _resolve_noise_shape(noise_shape, shape) -> tuple:
+    """``noise_shape`` right-aligned to ``shape`` as broadcasting aligns it: missing leading
+    dims are 1 (shared); None entries take the input's size (as in Keras). Every dim must
+    be 1 or the input's size."""
+    if isinstance(noise_shape, (torch.Tensor, str)) or not hasattr(noise_shape, "__iter__"):
+        raise TypeError(f"noise_shape must be a sequence of ints, but got {type(noise_shape).__name__}")
+    given = tuple(noise_shape)
+    for s in given:
+        if s is not None and (isinstance(s, bool) or not isinstance(s, numbers.Integral)):
+            raise TypeError(f"noise_shape must be a sequence of ints (or None), but got {given}")
+    shape = tuple(shape)
+    lead = len(shape) - len(given)
+    out = [1] * lead + [full if s is None else int(s) for s, full in zip(given, shape[max(lead, 0):])]
+    if lead < 0 or any(s not in (1, full) for s, full in zip(out, shape)):
+        raise ValueError(
+            f"noise_shape {given} is not broadcastable to the input's shape {shape}: it needs at most "
+            f"{len(shape)} dims, each 1 or the input's size (None takes the input's size)"
+        )
+    return tuple(out)
+
+
+def _tensor(input, name):
+    if not isinstance(input, torch.Tensor):
+        check_input(input, name)  # raises its TypeError
+
+
+def noise_dropout(input, p, noise_shape, training=True, inplace=False, *, seed=None, offset=0, generator=None,
+                  backend="auto"):
+    """Dropout with one keep bit per element of ``noise_shape`` (as ``tf.nn.dropout``).
+
+    ``noise_shape`` broadcasts to the input: (N, C, 1, 1) drops whole channels, (1, L, 1) a
+    mask shared across the batch. Missing leading dims and None entries take the input's
+    size. Kept elements are scaled by 1/(1-p). Draws ``prod(noise_shape)`` stream elements.
+    """
+    p = contract.check_p(p)
+    _tensor(input, "noise_dropout")
+    noise_shape = _resolve_noise_shape(noise_shape, input.shape)
+    if not training or p == 0.0:
+        return input
+    return _masked(input, p, noise_shape, inplace, seed, offset, generator, backend, name="noise_dropout")
+
+
+# ---- channel dropout (PyTorch's feature dropout) -------------------------------------------
+
+def _feature(input, p, training, inplace, seed, offset, generator, backend, *, batched=True, alpha=False,
+             name):
+    # ATen's _dropout_impl order: identity first, then p == 1 (no rank check), then the
+    # (N, C, 1, ...) noise, which needs 2 dims. Unbatched inputs are seen as (1, *shape).
+    if not training or p == 0.0 or (isinstance(input, torch.Tensor) and input.numel() == 0):
+        return input
+    check_input(input, name)
+    shape = tuple(input.shape) if batched else (1,) + tuple(input.shape)
+    if len(shape) < 2:
+        if p < 1.0:
+            raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
+        noise = None
+    else:
+        noise = (shape[0], shape[1]) + (1,) * (len(shape) - 2)
+        noise = noise if batched else noise[1:]
+    return _masked(input, p, noise, inplace, seed, offset, generator, backend, alpha=alpha, name=name)
+
+
+def dropout1d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None, seed=None, offset=0,
+              generator=None, backend="auto"):
+    """Drop-in for ``torch.nn.functional.dropout1d``: zeroes whole channels of (N, C, L) or (C, L)."""
+    p = resolve_p(p, keep_prob)
+    _tensor(input, "dropout1d")
+    inp_dim = input.dim()
+    if inp_dim not in (2, 3):
+        raise RuntimeError(
+            f"dropout1d: Expected 2D or 3D input, but received a {inp_dim}D input. "
+            "Note that dropout1d exists to provide channel-wise dropout on inputs with 1 "
+            "spatial dimension, a channel dimension, and an optional batch dimension "
+            "(i.e. 2D or 3D inputs)."
+        )
+    return _feature(input, p, training, inplace, seed, offset, generator, backend, batched=inp_dim == 3,
+                    name="dropout1d")
+
+
+def dropout2d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None, seed=None, offset=0,
+              generator=None, backend="auto"):
+    """Drop-in for ``torch.nn.functional.dropout2d``: zeroes whole channels of (N, C, H, W).
+
+    As PyTorch: other ranks warn, and a 3-D input is taken as (N, C, L).
+    """
+    p = resolve_p(p, keep_prob)
+    _tensor(input, "dropout2d")
+    inp_dim = input.dim()
+    if inp_dim not in (3, 4):
+        warn_msg = (
+            f"dropout2d: Received a {inp_dim}-D input to dropout2d, which is deprecated "
+            "and will result in an error in a future release. To retain the behavior "
+            "and silence this warning, please use dropout instead. Note that dropout2d "
+            "exists to provide channel-wise dropout on inputs with 2 spatial dimensions, "
+            "a channel dimension, and an optional batch dimension (i.e. 3D or 4D inputs)."
+        )
+        warnings.warn(warn_msg, stacklevel=2)
+    if inp_dim == 3:
+        warnings.warn(
+            "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise "
+            "1D dropout behavior is desired - input is interpreted as shape (N, C, L), where C "
+            "is the channel dim. This behavior will change in a future release to interpret the "
+            "input as one without a batch dimension, i.e. shape (C, H, W). To maintain the 1D "
+            "channel-wise dropout behavior, please switch to using dropout1d instead.",
+            stacklevel=2,
+        )
+    return _feature(input, p, training, inplace, seed, offset, generator, backend, name="dropout2d")
+
+
+def dropout3d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None, seed=None, offset=0,
+              generator=None, backend="auto"):
+    """Drop-in for ``torch.nn.functional.dropout3d``: zeroes whole channels of (N, C, D, H, W) or (C, D, H, W)."""
+    p = resolve_p(p, keep_prob)
+    _tensor(input, "dropout3d")
+    inp_dim = input.dim()
+    if inp_dim not in (4, 5):
+        warn_msg = (
+            f"dropout3d: Received a {inp_dim}-D input to dropout3d, which is deprecated "
+            "and will result in an error in a future release. To retain the behavior "
+            "and silence this warning, please use dropout instead. Note that dropout3d "
+            "exists to provide channel-wise dropout on inputs with 3 spatial dimensions, "
+            "a channel dimension, and an optional batch dimension (i.e. 4D or 5D inputs)."
+        )
+        warnings.warn(warn_msg, stacklevel=2)
+    return _feature(input, p, training, inplace, seed, offset, generator, backend, batched=inp_dim == 5,
+                    name="dropout3d")
+
+
+# ---- alpha dropout ---------------------------------------------------------------------------
+
+def alpha_dropout(input, p=P_DEFAULT, training=False, inplace=False, *, keep_prob=None, seed=None, offset=0,
+                  generator=None, backend="auto"):
+    """Drop-in for ``torch.nn.functional.alpha_dropout`` (for SELU networks).
+
+    y = a * x + a * alpha * p where kept, a * alpha * (p - 1) where dropped, with
+    a = ((1 - p) * (1 + p * alpha**2)) ** -0.5: zero mean and unit variance are kept.
+    Rounded as PyTorch rounds it; p == 1 gives zeros, as PyTorch does.
+    """
+    p = resolve_p(p, keep_prob)
+    if not training or p == 0.0:
+        return input
+    return _masked(input, p, None, inplace, seed, offset, generator, backend, alpha=True, name="alpha_dropout")
+
+
+def feature_alpha_dropout(input, p=P_DEFAULT, training=False, inplace=False, *, keep_prob=None, seed=None,
+                          offset=0, generator=None, backend="auto"):
+    """Drop-in for ``torch.nn.functional.feature_alpha_dropout``: alpha dropout of whole channels."""
+    p = resolve_p(p, keep_prob)
+    return _feature(input, p, training, inplace, seed, offset, generator, backend, alpha=True,
+                    name="feature_alpha_dropout")
+
+
+# ---- stochastic depth -----------------------------------------------------------------------
+
+def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True, *, seed=None, offset=0, generator=None,
+              backend="auto"):
+    """Drop-in for timm's ``drop_path``: drops whole samples (dim 0) of a residual branch.
+
+    Kept samples are scaled by 1/(1 - drop_prob) when ``scale_by_keep``.
+    """
+    p = contract.check_p(drop_prob)
+    if p == 0.0 or not training:
+        return x
+    _tensor(x, "drop_path")
+    noise = (x.shape[0],) + (1,) * (x.dim() - 1) if x.dim() else ()
+    return _masked(x, p, noise, False, seed, offset, generator, backend, scale=None if scale_by_keep else 1.0,
+                   name="drop_path")
+
+
+# ---- fused residual forms -------------------------------------------------------------------
+
+class _DropoutAdd(torch.autograd.Function):
+    # Saves the _Mask only. d/dx = the dropout mask (regenerated), d/dbias = its sum over
+    # the leading dims, d/dresidual = identity.
+    @staticmethod
+    def forward(ctx, x, bias, residual, mask):
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        # The fused kernel walks contiguous memory; other layouts are copied first.
+        apply_dropout_add(x.contiguous(), None if bias is None else bias.contiguous(), residual.contiguous(), y,
+                          mask.p, mask.seed, mask.offset, mask.backend)
+        ctx.mask = mask
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        gx = gb = gr = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            gx = _MaskedDropout.apply(grad, ctx.mask, False)
+        if ctx.needs_input_grad[1]:
+            gb = gx.reshape(-1, gx.shape[-1]).sum(0)
+        if ctx.needs_input_grad[2]:
+            gr = grad
+        return gx, gb, gr, None
+
+
+def _dropout_add(x, bias, residual, p, training, seed, offset, generator, backend, name):
+    p = contract.check_p(p)
+    for arg, t in (("x", x), ("residual", residual)) + ((("bias", bias),) if bias is not None else ()):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}(): {arg} must be a Tensor, but got {type(t).__name__}")
+        check_input(t, name)
+    if residual.shape != x.shape:
+        raise ValueError(f"{name}(): residual must have x's shape {tuple(x.shape)}, but got {tuple(residual.shape)}")
+    if bias is not None and (x.dim() == 0 or bias.shape != x.shape[-1:]):
+        raise ValueError(f"{name}(): bias must have shape (x.shape[-1],) = {tuple(x.shape[-1:])}, "
+                         f"but got {tuple(bias.shape)}")
+    others = [residual] + ([bias] if bias is not None else [])
+    if any(t.dtype != x.dtype for t in others):
+        raise TypeError(f"{name}(): x, bias and residual must have one dtype, but got "
+                        f"{[str(t.dtype) for t in [x] + others]}")
+    if any(t.device != x.device for t in others):
+        raise ValueError(f"{name}(): x, bias and residual must be on one device")
+    if not training or p == 0.0 or x.numel() == 0:
+        return residual + (x if bias is None else x + bias)
+    backend = resolve_backend(backend, x.device)
+    if backend == "meta":
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    seed, offset = _seed_offset(seed, offset, x.numel(), p, x.device, generator)
+    mask = _Mask(p, seed, offset, backend, None, _scale(p))
+    return _DropoutAdd.apply(x, bias, residual, mask)
+
+
+def dropout_add(x, residual, p=0.5, training=True, *, seed=None, offset=0, generator=None, backend="auto"):
+    """``residual + dropout(x, p)`` in one pass: reads x and residual once, writes one output.
+
+    The mask is ``fastdrop.dropout``'s for the same seed and offset. Arithmetic is float32
+    (float64 for float64) with one rounding, so 16-bit results can differ from the unfused
+    expression by its extra rounding. Output is contiguous; non-contiguous inputs are copied.
+    """
+    return _dropout_add(x, None, residual, p, training, seed, offset, generator, backend, "dropout_add")
+
+
+def bias_dropout_add(x, bias, residual, p=0.5, training=True, *, seed=None, offset=0, generator=None,
+                     backend="auto"):
+    """``residual + dropout(x + bias, p)`` in one pass (Megatron's pattern); bias is (x.shape[-1],).
+
+    ``bias=None`` is ``dropout_add``. Same mask and arithmetic as ``dropout_add``.
+    """
+    return _dropout_add(x, bias, residual, p, training, seed, offset, generator, backend, "bias_dropout_add")
