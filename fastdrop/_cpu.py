@@ -1,4 +1,4 @@
-"""The CPU path: the mask contract in vectorized numpy, applied chunk by chunk."""
+"""The CPU path: the mask contract's keep bits (numba, else numpy), applied chunk by chunk."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from . import contract
+from . import _jit
 
-CHUNK = 1 << 16  # elements per task: the Philox temporaries stay in cache
+CHUNK = 1 << 16  # elements per task: the temporaries stay in cache
 HALF_TYPES = (torch.float16, torch.bfloat16)
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = -1
@@ -30,8 +30,14 @@ def _chunked(fn, n):
     if len(starts) == 1:
         fn(0, n)
         return
-    for f in [_executor().submit(fn, s, min(s + CHUNK, n)) for s in starts]:
+    for f in [_executor().submit(_no_grad, fn, s, min(s + CHUNK, n)) for s in starts]:
         f.result()
+
+
+def _no_grad(fn, start, stop):
+    # Grad mode is per thread: a worker must not see autograd on the caller's views.
+    with torch.no_grad():
+        fn(start, stop)
 
 
 def _scaled(xs, scale):
@@ -58,8 +64,13 @@ def _transform(xs, keep, scale, affine):
 
 
 def _apply_flat(xf, yf, seed, offset, threshold, scale, affine, start, stop):
-    keep = torch.from_numpy(contract.keep_bits(seed, offset + start, stop - start, threshold))
-    yf[start:stop].copy_(_transform(xf[start:stop], keep, scale, affine))
+    xs, ys = xf[start:stop], yf[start:stop]
+    if _jit.dropout_values is not None and affine is None and xs.dtype in (torch.float32, torch.float64):
+        # One compiled pass: read x, write y (numpy views share the tensors' memory).
+        _jit.dropout_values(xs.detach().numpy(), ys.detach().numpy(), seed, offset + start, threshold, scale)
+        return
+    keep = torch.from_numpy(_jit.keep_bits(seed, offset + start, stop - start, threshold))
+    ys.copy_(_transform(xs, keep, scale, affine))
 
 
 def apply(x: torch.Tensor, y: torch.Tensor, seed: int, offset: int, threshold: int, scale: float, *,
@@ -75,7 +86,7 @@ def apply(x: torch.Tensor, y: torch.Tensor, seed: int, offset: int, threshold: i
         return y
     if noise_shape is not None:
         count = math.prod(noise_shape)
-        keep = torch.from_numpy(contract.keep_bits(seed, offset, count, threshold)).reshape(noise_shape)
+        keep = torch.from_numpy(_jit.keep_bits(seed, offset, count, threshold)).reshape(noise_shape)
         return y.copy_(_transform(x, keep, scale, affine))
     if not (x.is_contiguous() and y.is_contiguous()):
         # Walk in logical order on contiguous copies; the mask is the same.
@@ -101,7 +112,7 @@ def dropout_add(x, bias, residual, y, seed: int, offset: int, threshold: int, sc
     width = x.shape[-1] if x.dim() else 1
 
     def run(start, stop):
-        keep = torch.from_numpy(contract.keep_bits(seed, offset + start, stop - start, threshold))
+        keep = torch.from_numpy(_jit.keep_bits(seed, offset + start, stop - start, threshold))
         vals = xf[start:stop].to(compute, copy=True)
         if bias is not None:
             idx = torch.arange(start, stop) % width

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import _rng, contract, ops
+from . import _jit, _rng, contract, ops
 from ._dispatch import BACKENDS, P_DEFAULT, apply_mask, check_input, resolve_backend, resolve_p
 
 def _masked(x, y, p, seed, offset, backend):
@@ -98,7 +98,7 @@ def dropout_mask(shape, p, *, seed, offset=0, device="cpu"):
         raise ValueError(f"dropout_mask(): shape must have no negative dimension, but got {tuple(shape)}")
     seed = contract.check_seed(seed)
     offset = contract.check_offset(offset, shape.numel())
-    bits = contract.keep_bits(seed, offset, shape.numel(), contract.keep_threshold(p))
+    bits = _jit.keep_bits(seed, offset, shape.numel(), contract.keep_threshold(p))
     return torch.from_numpy(bits).reshape(shape).to(device)
 
 
