@@ -60,6 +60,8 @@ SHAPES = {
     "channels_last_3d": lambda dt: nonzero_randn((2, 3, 4, 5, 3), dt).contiguous(
         memory_format=torch.channels_last_3d),
     "offset_view": lambda dt: nonzero_randn((1030,), dt)[5:],
+    "5d_permuted": lambda dt: nonzero_randn((2, 3, 4, 5, 7), dt).permute(4, 2, 0, 3, 1),
+    "5d_sliced": lambda dt: nonzero_randn((2, 3, 4, 5, 7), dt)[:, ::2, :, ::2, 1:],
     "empty": lambda dt: nonzero_randn((3, 0), dt),
 }
 
