@@ -9,13 +9,14 @@ import torch
 _lock = threading.Lock()  # get_offset/set_offset is not atomic
 
 
-def reserve(numel: int, device: torch.device, generator: torch.Generator | None) -> tuple[int, int]:
+def reserve(numel: int, device: torch.device, generator: torch.Generator | None):
     """Reserve a (seed, offset) whose stream range [offset, offset + numel) no other call gets.
 
     CUDA tensors: the CUDA generator's seed and Philox offset, advanced past the range (as
     PyTorch's own dropout does; offsets stay multiples of 4). CPU tensors: a fresh 63-bit seed
     drawn from the CPU generator, offset 0. Either way torch.manual_seed reproduces a run and
-    torch.utils.checkpoint's RNG restore replays the same mask.
+    torch.utils.checkpoint's RNG restore replays the same mask. Under CUDA-graph capture the
+    seed is a 1-element int64 device tensor (offset 0).
     """
     if generator is not None and generator.device.type != device.type:
         raise ValueError(
@@ -25,6 +26,11 @@ def reserve(numel: int, device: torch.device, generator: torch.Generator | None)
     if device.type == "cuda":
         gen = generator or torch.cuda.default_generators[
             device.index if device.index is not None else torch.cuda.current_device()]
+        if torch.cuda.is_current_stream_capturing():
+            # Host integers would be baked into the graph (one mask on every replay). A seed
+            # drawn on the device by PyTorch's graph-safe RNG is drawn anew by each replay;
+            # the kernels read it through a pointer.
+            return torch.empty(1, dtype=torch.int64, device=device).random_(generator=gen), 0
         with _lock:
             offset = gen.get_offset()
             gen.set_offset(offset + (numel + 3) // 4 * 4)

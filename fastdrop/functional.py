@@ -76,12 +76,6 @@ def dropout(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None,
     if inplace:
         _check_writable(input)
     if seed is None:
-        if input.is_cuda and torch.cuda.is_current_stream_capturing():
-            # Host integers would be baked into the graph: every replay the same mask.
-            raise RuntimeError(
-                "fastdrop.dropout without an explicit seed cannot be captured in a CUDA graph yet: "
-                "pass seed= (a fixed mask on every replay) or run it outside the capture"
-            )
         # p == 1 and meta tensors draw nothing: no stream bit decides anything there.
         draws = p < 1.0 and backend != "meta"
         seed, offset = _rng.reserve(input.numel(), input.device, generator) if draws else (0, 0)

@@ -50,6 +50,16 @@ def _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE: tl.constexpr):
 
 
 @triton.jit
+def _key(seed, SEED_PTR: tl.constexpr):
+    # The Philox key: an int argument, or (CUDA-graph capture) read from device memory so
+    # that every replay uses the seed drawn in that replay.
+    if SEED_PTR:
+        return tl.load(seed)
+    else:
+        return seed
+
+
+@triton.jit
 def _block_keep(seed, q0, threshold, BLOCK: tl.constexpr):
     # Keep bits of the BLOCK consecutive stream positions from 4 * q0 on: BLOCK // 4
     # Philox calls, all four words used.
@@ -84,11 +94,12 @@ def _dropout_kernel(
     SHIFT: tl.constexpr,  # offset % 4: element i sits at stream position 4 * base + SHIFT + i
     BLOCK: tl.constexpr,
     AFFINE: tl.constexpr,  # y = keep ? x * scale + add : drop, instead of keep ? x * scale : 0
+    SEED_PTR: tl.constexpr,  # seed is a pointer to an int64 in device memory
 ):
     # Contiguous x and y. Each program owns BLOCK consecutive stream positions, so the four
     # words of each Philox call go to four consecutive elements.
     pid = tl.program_id(0).to(tl.int64)
-    keep = _block_keep(seed, base + pid * (BLOCK // 4), threshold, BLOCK)
+    keep = _block_keep(_key(seed, SEED_PTR), base + pid * (BLOCK // 4), threshold, BLOCK)
     # Scalar start + int32 arange keeps the contiguity the compiler needs to vectorize.
     start = pid * BLOCK - SHIFT
     offs = tl.arange(0, BLOCK)
@@ -107,7 +118,7 @@ def _dropout_strided_kernel(
     XS0, XS1, XS2, XS3,      # x strides of the walked dims
     YS0, YS1, YS2, YS3,      # y strides
     LS0, LS1, LS2, LS3,      # mask strides (row-major by default): the element's index in the contract
-    SHIFT: tl.constexpr, BLOCK: tl.constexpr, AFFINE: tl.constexpr,
+    SHIFT: tl.constexpr, BLOCK: tl.constexpr, AFFINE: tl.constexpr, SEED_PTR: tl.constexpr,
 ):
     # Any strides. Dims are walked in y's memory order so stores stay coalesced; the mask
     # follows the logical index, so each element takes its own word of a Philox call.
@@ -121,7 +132,7 @@ def _dropout_strided_kernel(
     c1 = t % S1
     c0 = t // S1
     g = c0 * LS0 + c1 * LS1 + c2 * LS2 + c3 * LS3 + SHIFT
-    keep = _word(seed, base, g) < threshold
+    keep = _word(_key(seed, SEED_PTR), base, g) < threshold
     x = tl.load(X_ptr + c0 * XS0 + c1 * XS1 + c2 * XS2 + c3 * XS3, mask=inb)
     y = _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE).to(Y_ptr.dtype.element_ty)
     tl.store(Y_ptr + c0 * YS0 + c1 * YS1 + c2 * YS2 + c3 * YS3, y, mask=inb)
@@ -144,7 +155,7 @@ def _dropout_bcast_kernel(
     XM0, XM1, XM2, YM0, YM1, YM2, LM0, LM1, LM2,  # x, y and mask strides of the noise dims
     K1, K2,                  # sizes of walked broadcast dims 1..2 (mask stride 0)
     XK0, XK1, XK2, YK0, YK1, YK2,
-    SHIFT: tl.constexpr, AFFINE: tl.constexpr,
+    SHIFT: tl.constexpr, AFFINE: tl.constexpr, SEED_PTR: tl.constexpr,
     M_INNER: tl.constexpr,   # the innermost memory dim is a noise dim: tiles are [BLOCK_K, BLOCK_M]
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -156,7 +167,7 @@ def _dropout_bcast_kernel(
     k = (pid % num_k) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
     m0, m1, m2 = _split3(m, M1, M2)
     k0, k1, k2 = _split3(k, K1, K2)
-    keep = _word(seed, base, m0 * LM0 + m1 * LM1 + m2 * LM2 + SHIFT) < threshold
+    keep = _word(_key(seed, SEED_PTR), base, m0 * LM0 + m1 * LM1 + m2 * LM2 + SHIFT) < threshold
     xm, ym = m0 * XM0 + m1 * XM1 + m2 * XM2, m0 * YM0 + m1 * YM1 + m2 * YM2
     xk, yk = k0 * XK0 + k1 * XK1 + k2 * XK2, k0 * YK0 + k1 * YK1 + k2 * YK2
     if M_INNER:
@@ -224,7 +235,8 @@ def _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, affine, block):
     block_m, block_k = (inner, outer) if m_inner else (outer, inner)
     grid = (triton.cdiv(M, block_m) * triton.cdiv(K, block_k),)
     _dropout_bcast_kernel[grid](x, y, M, K, *args, msz[1], msz[2], *mx, *my, *ml, ksz[1], ksz[2], *kx, *ky,
-                                SHIFT=shift, AFFINE=affine, M_INNER=m_inner, BLOCK_M=block_m,
+                                SHIFT=shift, AFFINE=affine, SEED_PTR=not isinstance(args[0], int),
+                                M_INNER=m_inner, BLOCK_M=block_m,
                                 BLOCK_K=block_k, num_warps=NUM_WARPS, enable_fp_fusion=not affine)
     return y
 
@@ -244,7 +256,9 @@ def launch(x, y, seed, offset, threshold, scale_bits, block=BLOCK, *, mask_strid
     n = x.numel()
     if n == 0:
         return y
-    signed_seed = seed - (1 << 64) if seed >= (1 << 63) else seed
+    # An int seed travels reinterpreted as signed; a tensor seed (CUDA-graph capture) as a pointer.
+    seed_ptr = not isinstance(seed, int)
+    signed_seed = seed if seed_ptr or seed < (1 << 63) else seed - (1 << 64)
     base, shift = divmod(offset, WORDS)
     add_bits, drop_bits = (0, 0) if affine is None else (_float_bits(affine[0]), _float_bits(affine[1]))
     args = (signed_seed, base, threshold, scale_bits, add_bits, drop_bits)
@@ -252,7 +266,7 @@ def launch(x, y, seed, offset, threshold, scale_bits, block=BLOCK, *, mask_strid
     sizes, xs, ys, ls = walk_dims(x.shape, x.stride(), y.stride(), mask_strides)
     if len(sizes) <= 1 and xs in ((), (1,)) and ys in ((), (1,)) and ls in ((), (1,)):
         grid = (triton.cdiv(n + shift, block),)
-        _dropout_kernel[grid](x, y, n, *args, SHIFT=shift, BLOCK=block, AFFINE=is_affine,
+        _dropout_kernel[grid](x, y, n, *args, SHIFT=shift, BLOCK=block, AFFINE=is_affine, SEED_PTR=seed_ptr,
                               num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
         return y
     has_bcast = 0 in ls
@@ -265,7 +279,7 @@ def launch(x, y, seed, offset, threshold, scale_bits, block=BLOCK, *, mask_strid
     sizes, xs, ys, ls = _pad([sizes, xs, ys, ls], MAX_DIMS)
     grid = (triton.cdiv(n, block),)
     _dropout_strided_kernel[grid](x, y, n, *args, sizes[1], sizes[2], sizes[3], *xs, *ys, *ls,
-                                  SHIFT=shift, BLOCK=block, AFFINE=is_affine,
+                                  SHIFT=shift, BLOCK=block, AFFINE=is_affine, SEED_PTR=seed_ptr,
                                   num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
     return y
 

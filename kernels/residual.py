@@ -9,7 +9,7 @@ the unfused ``residual + dropout(x + bias)`` moves 7 (9 with a stored mask).
 import triton
 import triton.language as tl
 
-from .dropout import BLOCK, NUM_WARPS, WORDS, _block_keep, _f64
+from .dropout import BLOCK, NUM_WARPS, WORDS, _block_keep, _f64, _key
 
 
 @triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits"])
@@ -17,10 +17,10 @@ def _dropout_add_kernel(
     X_ptr, B_ptr, R_ptr, Y_ptr, n,
     H,           # bias length: the size of x's last dim
     seed, base, threshold, scale_bits,  # as in kernels.dropout._dropout_kernel
-    SHIFT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+    SHIFT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, SEED_PTR: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    keep = _block_keep(seed, base + pid * (BLOCK // 4), threshold, BLOCK)
+    keep = _block_keep(_key(seed, SEED_PTR), base + pid * (BLOCK // 4), threshold, BLOCK)
     start = pid * BLOCK - SHIFT
     offs = tl.arange(0, BLOCK)
     inb = offs < n - start
@@ -45,12 +45,13 @@ def launch(x, bias, residual, y, seed, offset, threshold, scale_bits, block=BLOC
     for name, t in (("x", x), ("residual", residual), ("y", y), ("bias", bias)):
         if t is not None and not t.is_contiguous():
             raise ValueError(f"dropout_add kernel: {name} must be contiguous")
-    seed = seed - (1 << 64) if seed >= (1 << 63) else seed
+    seed_ptr = not isinstance(seed, int)  # a device tensor under CUDA-graph capture
+    seed = seed if seed_ptr or seed < (1 << 63) else seed - (1 << 64)
     base, shift = divmod(offset, WORDS)
     width = x.shape[-1] if x.dim() else 1
     grid = (triton.cdiv(n + shift, block),)
     # No fp fusion: (x + bias) * scale + residual rounds like the CPU path's separate ops.
     _dropout_add_kernel[grid](x, x if bias is None else bias, residual, y, n, width,
                               seed, base, threshold, scale_bits, SHIFT=shift, HAS_BIAS=bias is not None,
-                              BLOCK=block, num_warps=NUM_WARPS, enable_fp_fusion=False)
+                              BLOCK=block, SEED_PTR=seed_ptr, num_warps=NUM_WARPS, enable_fp_fusion=False)
     return y
