@@ -43,15 +43,21 @@ def _check_writable(t):
         )
 
 
-def dropout(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None, seed=None, offset=0,
-            generator=None, backend="auto"):
+def dropout(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None, noise_shape=None, seed=None,
+            offset=0, generator=None, backend="auto"):
     """Drop-in for ``torch.nn.functional.dropout`` with a reproducible, seed-driven mask.
 
-    ``keep_prob`` is the TensorFlow spelling (``1 - p``). ``seed``/``offset`` pin the mask
-    (see ``fastdrop.contract``); without ``seed`` each call reserves its own from PyTorch's
-    generator of the input's device, or from ``generator``.
+    ``keep_prob`` is the TensorFlow spelling (``1 - p``). ``noise_shape`` (as in
+    ``tf.nn.dropout``) draws one keep bit per element of a shape broadcastable to the input,
+    shared along its size-1 dims. ``seed``/``offset`` pin the mask (see ``fastdrop.contract``);
+    without ``seed`` each call reserves its own from PyTorch's generator of the input's
+    device, or from ``generator``.
     """
     p = resolve_p(p, keep_prob)
+    if noise_shape is not None:
+        from .family import noise_dropout  # the family builds on this module
+        return noise_dropout(input, p, noise_shape, training, inplace, seed=seed, offset=offset,
+                             generator=generator, backend=backend)
     if not isinstance(training, (bool, np.bool_)):  # PyTorch's parser refuses None, ints, strings
         raise TypeError(f"dropout(): argument 'training' must be bool, not {type(training).__name__}")
     if generator is not None and not isinstance(generator, torch.Generator):

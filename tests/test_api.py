@@ -516,3 +516,12 @@ def test_large_cpu_tensor_chunks():
     x = torch.ones(n)
     y = fastdrop.dropout(x, 0.5, seed=77, offset=3)
     assert torch.equal(y != 0, reference_mask((n,), 0.5, 77, 3))
+
+
+@pytest.mark.parametrize("noise_shape", [(4, 3, 1, 1), (1, 3, 5, 1), (4, 1, 1, 5)])
+def test_noise_shape_keyword_shares_bits_along_size_one_dims(noise_shape):
+    x = nonzero_randn((4, 3, 5, 5), torch.float32)
+    y = fastdrop.dropout(x, 0.5, noise_shape=noise_shape, seed=21, offset=2)
+    assert torch.equal(y, fastdrop.noise_dropout(x, 0.5, noise_shape, seed=21, offset=2))
+    mask = fastdrop.dropout_mask(noise_shape, 0.5, seed=21, offset=2).expand(x.shape)
+    assert torch.equal(y, torch.where(mask, x * torch.tensor(2.0), 0.0))
