@@ -1,4 +1,8 @@
-"""Markdown performance tables from bench/results/*.csv: ``python -m bench.report [DIR]``.
+"""Markdown performance tables from bench/results/*.csv.
+
+    python -m bench.report [DIR]              # print them
+    python -m bench.report --readme README.md # write them between README's markers
+
 
 One table per device, at the largest size measured for each dtype and mode. A device's
 full run (<device>.csv) is used over its quick run (<device>-quick.csv).
@@ -56,5 +60,17 @@ def report(folder: Path = RESULTS) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def update_readme(readme: Path, folder: Path = RESULTS) -> None:
+    """Replace the text between README's bench.report markers with the tables."""
+    text = readme.read_text()
+    head, rest = text.split("<!-- bench.report -->\n", 1)
+    _, tail = rest.split("<!-- /bench.report -->", 1)
+    readme.write_text(f"{head}<!-- bench.report -->\n{report(folder)}<!-- /bench.report -->{tail}")
+
+
 if __name__ == "__main__":
-    sys.stdout.write(report(Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS))
+    args = sys.argv[1:]
+    if args[:1] == ["--readme"]:  # python -m bench.report --readme README.md
+        update_readme(Path(args[1]))
+    else:
+        sys.stdout.write(report(Path(args[0]) if args else RESULTS))
