@@ -50,6 +50,8 @@ def check_input(input, name="dropout"):
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto" and device.type == "cuda" and _kernels is not None:  # the common GPU case
+        return "triton"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, but got {backend!r}")
     if device.type == "meta":

@@ -38,6 +38,8 @@ class NanProbabilityError(ValueError, RuntimeError):
 
 def check_p(p) -> float:
     """Validate a drop probability as torch.nn.functional.dropout does; return it as a float."""
+    if type(p) is float and 0.0 <= p <= 1.0:  # the common case, without the ABC checks below
+        return p
     if isinstance(p, torch.Tensor):
         # Like PyTorch's argument parser: a 0-dim tensor without grad passes as a number.
         if p.dim() != 0 or p.requires_grad:

@@ -233,12 +233,17 @@ def _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, affine, block):
     inner = min(triton.next_power_of_2(M if m_inner else K), max(block // 2, 1))
     outer = max(block // inner, 1)
     block_m, block_k = (inner, outer) if m_inner else (outer, inner)
-    grid = (triton.cdiv(M, block_m) * triton.cdiv(K, block_k),)
+    grid = (_cdiv(M, block_m) * _cdiv(K, block_k),)
     _dropout_bcast_kernel[grid](x, y, M, K, *args, msz[1], msz[2], *mx, *my, *ml, ksz[1], ksz[2], *kx, *ky,
                                 SHIFT=shift, AFFINE=affine, SEED_PTR=not isinstance(args[0], int),
                                 M_INNER=m_inner, BLOCK_M=block_m,
                                 BLOCK_K=block_k, num_warps=NUM_WARPS, enable_fp_fusion=not affine)
     return y
+
+
+def _cdiv(a, b):
+    # Plain integer math: triton.cdiv is a jit function, costly to call from Python per launch.
+    return -(-a // b)
 
 
 def _float_bits(v):
@@ -263,9 +268,13 @@ def launch(x, y, seed, offset, threshold, scale_bits, block=BLOCK, *, mask_strid
     add_bits, drop_bits = (0, 0) if affine is None else (_float_bits(affine[0]), _float_bits(affine[1]))
     args = (signed_seed, base, threshold, scale_bits, add_bits, drop_bits)
     is_affine = affine is not None
-    sizes, xs, ys, ls = walk_dims(x.shape, x.stride(), y.stride(), mask_strides)
-    if len(sizes) <= 1 and xs in ((), (1,)) and ys in ((), (1,)) and ls in ((), (1,)):
-        grid = (triton.cdiv(n + shift, block),)
+    # Contiguous x and y with the row-major mask: the common case, decided without walking dims.
+    contiguous = mask_strides is None and x.is_contiguous() and y.is_contiguous()
+    if not contiguous:
+        sizes, xs, ys, ls = walk_dims(x.shape, x.stride(), y.stride(), mask_strides)
+        contiguous = len(sizes) <= 1 and xs in ((), (1,)) and ys in ((), (1,)) and ls in ((), (1,))
+    if contiguous:
+        grid = (_cdiv(n + shift, block),)
         _dropout_kernel[grid](x, y, n, *args, SHIFT=shift, BLOCK=block, AFFINE=is_affine, SEED_PTR=seed_ptr,
                               num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
         return y
@@ -277,7 +286,7 @@ def launch(x, y, seed, offset, threshold, scale_bits, block=BLOCK, *, mask_strid
     if has_bcast:
         return _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, is_affine, block)
     sizes, xs, ys, ls = _pad([sizes, xs, ys, ls], MAX_DIMS)
-    grid = (triton.cdiv(n, block),)
+    grid = (_cdiv(n, block),)
     _dropout_strided_kernel[grid](x, y, n, *args, sizes[1], sizes[2], sizes[3], *xs, *ys, *ls,
                                   SHIFT=shift, BLOCK=block, AFFINE=is_affine, SEED_PTR=seed_ptr,
                                   num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)

@@ -9,7 +9,7 @@ the unfused ``residual + dropout(x + bias)`` moves 7 (9 with a stored mask).
 import triton
 import triton.language as tl
 
-from .dropout import BLOCK, NUM_WARPS, WORDS, _block_keep, _f64, _key
+from .dropout import BLOCK, NUM_WARPS, WORDS, _block_keep, _cdiv, _f64, _key
 
 
 @triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits"])
@@ -49,7 +49,7 @@ def launch(x, bias, residual, y, seed, offset, threshold, scale_bits, block=BLOC
     seed = seed if seed_ptr or seed < (1 << 63) else seed - (1 << 64)
     base, shift = divmod(offset, WORDS)
     width = x.shape[-1] if x.dim() else 1
-    grid = (triton.cdiv(n + shift, block),)
+    grid = (_cdiv(n + shift, block),)
     # No fp fusion: (x + bias) * scale + residual rounds like the CPU path's separate ops.
     _dropout_add_kernel[grid](x, x if bias is None else bias, residual, y, n, width,
                               seed, base, threshold, scale_bits, SHIFT=shift, HAS_BIAS=bias is not None,
