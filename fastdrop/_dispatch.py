@@ -73,7 +73,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def _scale(p: float) -> float:
+def scale_of(p: float) -> float:
     return 1.0 / (1.0 - p) if p < 1.0 else 0.0
 
 
@@ -98,7 +98,7 @@ def apply_mask(x, y, p, seed, offset, backend, *, noise_shape=None, scale=None, 
     gives ``keep ? x * scale + add : drop`` (alpha dropout).
     """
     threshold = contract.keep_threshold(p)
-    scale = _scale(p) if scale is None else scale
+    scale = scale_of(p) if scale is None else scale
     if noise_shape is not None and tuple(noise_shape) == tuple(x.shape):
         noise_shape = None  # one bit per element: plain dropout
     if backend == "cpu":
@@ -113,7 +113,7 @@ def apply_dropout_add(x, bias, residual, y, p, seed, offset, backend):
     """y = residual + dropout(x + bias) (bias may be None); contiguous tensors, y fresh."""
     threshold = contract.keep_threshold(p)
     if backend == "cpu":
-        _cpu.dropout_add(x, bias, residual, y, seed, offset, threshold, _scale(p))
+        _cpu.dropout_add(x, bias, residual, y, seed, offset, threshold, scale_of(p))
     elif backend == "triton":
-        _residual_kernels.launch(x, bias, residual, y, seed, offset, threshold, _bits(_scale(p)))
+        _residual_kernels.launch(x, bias, residual, y, seed, offset, threshold, _bits(scale_of(p)))
     return y

@@ -21,66 +21,18 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from dataclasses import dataclass, replace
 
 import torch
 
-from . import _rng, contract
-from ._dispatch import (P_DEFAULT, _scale, apply_dropout_add, apply_mask, check_input, resolve_backend,
-                        resolve_p)
+from . import contract
+from ._dispatch import P_DEFAULT, apply_dropout_add, check_input, resolve_backend, resolve_p, scale_of
+from ._masked import Mask, MaskedDropout, check_call_args, masked, seed_offset
 
 # -alpha' in ATen's alpha dropout: SELU's negative saturation value is -lambda * alpha.
 SELU_ALPHA = 1.7580993408473766
 
 
-@dataclass(frozen=True)
-class _Mask:
-    """Everything that decides a masked op, and nothing per element: what autograd saves."""
-
-    p: float
-    seed: int
-    offset: int
-    backend: str
-    noise_shape: tuple | None  # None: one bit per element
-    scale: float
-    affine: tuple | None = None  # (add, drop): keep ? x * scale + add : drop
-
-
-class _MaskedDropout(torch.autograd.Function):
-    # y = keep ? x * scale (+ add) : (0 or drop). dy/dx = keep * scale: the linear form of the
-    # same op, so backward is this Function again on the gradient (and so on, for higher orders).
-    @staticmethod
-    def forward(ctx, x, mask, inplace):
-        y = x if inplace else torch.empty_like(x)
-        apply_mask(x, y, mask.p, mask.seed, mask.offset, mask.backend, noise_shape=mask.noise_shape,
-                   scale=mask.scale, affine=mask.affine)
-        if inplace:
-            ctx.mark_dirty(x)
-        ctx.mask = mask
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _MaskedDropout.apply(grad, replace(ctx.mask, affine=None), False), None, None
-
-
-def _check_inplace(input):
-    if torch._debug_has_internal_overlap(input) == 1:
-        raise RuntimeError(
-            "unsupported operation: more than one element of the written-to tensor refers to a single "
-            "memory location. Please clone() the tensor before performing the operation."
-        )
-
-
-def _seed_offset(seed, offset, count, p, device, generator):
-    if seed is None:
-        if offset != 0:
-            raise ValueError("offset needs an explicit seed")
-        # p == 1 draws nothing: every element is dropped whatever the stream says.
-        return (0, 0) if p == 1.0 else _rng.reserve(count, device, generator)
-    return contract.check_seed(seed), contract.check_offset(offset, count)
-
-
+@torch._dynamo.assume_constant_result  # depends on (p, dtype) only: a constant of a compiled graph
 def _alpha_constants(p: float, dtype: torch.dtype):
     """(a, b_kept, b_dropped) in ``dtype``, rounded exactly as ATen's alpha dropout rounds them.
 
@@ -97,25 +49,15 @@ def _alpha_constants(p: float, dtype: torch.dtype):
 
 def _masked(input, p, noise_shape, inplace, seed, offset, generator, backend, *, scale=None, alpha=False,
             name="dropout"):
-    """The one path of every masked variant, once training is on and p > 0 is settled."""
-    check_input(input, name)
-    if input.numel() == 0:
-        return input
-    backend = resolve_backend(backend, input.device)
-    if inplace:
-        _check_inplace(input)
-    if backend == "meta":
-        return input if inplace else torch.empty_like(input)
-    count = input.numel() if noise_shape is None else math.prod(noise_shape)
-    seed, offset = _seed_offset(seed, offset, count, p, input.device, generator)
+    """Scale and affine form of a variant, then the one masked path."""
     affine = None
     if alpha and p < 1.0:  # p == 1: PyTorch gives x * 0, the plain form with scale 0
         scale, add, drop = _alpha_constants(p, input.dtype)
         affine = (add, drop)
     elif scale is None:
-        scale = _scale(p)
-    mask = _Mask(p, seed, offset, backend, noise_shape, scale, affine)
-    return _MaskedDropout.apply(input, mask, inplace)
+        scale = scale_of(p)
+    return masked(input, p, noise_shape, inplace, seed, offset, generator, backend, scale=scale, affine=affine,
+                  name=name)
 
 
 def _resolve_noise_shape(noise_shape, shape) -> tuple:
@@ -154,6 +96,7 @@ def noise_dropout(input, p, noise_shape, training=True, inplace=False, *, seed=N
     """
     p = contract.check_p(p)
     _tensor(input, "noise_dropout")
+    seed, offset = check_call_args(training, seed, offset, generator, backend, "noise_dropout")
     noise_shape = _resolve_noise_shape(noise_shape, input.shape)
     if not training or p == 0.0:
         return input
@@ -166,6 +109,7 @@ def _feature(input, p, training, inplace, seed, offset, generator, backend, *, b
              name):
     # ATen's _dropout_impl order: identity first, then p == 1 (no rank check), then the
     # (N, C, 1, ...) noise, which needs 2 dims. Unbatched inputs are seen as (1, *shape).
+    seed, offset = check_call_args(training, seed, offset, generator, backend, name)
     if not training or p == 0.0 or (isinstance(input, torch.Tensor) and input.numel() == 0):
         return input
     check_input(input, name)
@@ -257,6 +201,7 @@ def alpha_dropout(input, p=P_DEFAULT, training=False, inplace=False, *, keep_pro
     Rounded as PyTorch rounds it; p == 1 gives zeros, as PyTorch does.
     """
     p = resolve_p(p, keep_prob)
+    seed, offset = check_call_args(training, seed, offset, generator, backend, "alpha_dropout")
     if not training or p == 0.0:
         return input
     return _masked(input, p, None, inplace, seed, offset, generator, backend, alpha=True, name="alpha_dropout")
@@ -279,6 +224,7 @@ def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True, *, seed=None
     Kept samples are scaled by 1/(1 - drop_prob) when ``scale_by_keep``.
     """
     p = contract.check_p(drop_prob)
+    seed, offset = check_call_args(training, seed, offset, generator, backend, "drop_path")
     if p == 0.0 or not training:
         return x
     _tensor(x, "drop_path")
@@ -290,7 +236,7 @@ def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True, *, seed=None
 # ---- fused residual forms -------------------------------------------------------------------
 
 class _DropoutAdd(torch.autograd.Function):
-    # Saves the _Mask only. d/dx = the dropout mask (regenerated), d/dbias = its sum over
+    # Saves the Mask only. d/dx = the dropout mask (regenerated), d/dbias = its sum over
     # the leading dims, d/dresidual = identity.
     @staticmethod
     def forward(ctx, x, bias, residual, mask):
@@ -305,7 +251,7 @@ class _DropoutAdd(torch.autograd.Function):
     def backward(ctx, grad):
         gx = gb = gr = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            gx = _MaskedDropout.apply(grad, ctx.mask, False)
+            gx = MaskedDropout.apply(grad, ctx.mask, False)
         if ctx.needs_input_grad[1]:
             gb = gx.reshape(-1, gx.shape[-1]).sum(0)
         if ctx.needs_input_grad[2]:
@@ -315,6 +261,7 @@ class _DropoutAdd(torch.autograd.Function):
 
 def _dropout_add(x, bias, residual, p, training, seed, offset, generator, backend, name):
     p = contract.check_p(p)
+    seed, offset = check_call_args(training, seed, offset, generator, backend, name)
     for arg, t in (("x", x), ("residual", residual)) + ((("bias", bias),) if bias is not None else ()):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}(): {arg} must be a Tensor, but got {type(t).__name__}")
@@ -335,8 +282,8 @@ def _dropout_add(x, bias, residual, p, training, seed, offset, generator, backen
     backend = resolve_backend(backend, x.device)
     if backend == "meta":
         return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    seed, offset = _seed_offset(seed, offset, x.numel(), p, x.device, generator)
-    mask = _Mask(p, seed, offset, backend, None, _scale(p))
+    seed, offset = seed_offset(seed, offset, x.numel(), p, x.device, generator, backend)
+    mask = Mask(p, seed, offset, backend, None, scale_of(p))
     return _DropoutAdd.apply(x, bias, residual, mask)
 
 

@@ -5,43 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import _jit, _rng, contract, ops
-from ._dispatch import BACKENDS, P_DEFAULT, apply_mask, check_input, resolve_backend, resolve_p
-
-def _masked(x, y, p, seed, offset, backend):
-    # A meta tensor has a shape and no values: nothing to compute.
-    return y if backend == "meta" else apply_mask(x, y, p, seed, offset, backend)
-
-
-class _Dropout(torch.autograd.Function):
-    # Saves (p, seed, offset): zero bytes per element. Backward is the same op on the gradient.
-    @staticmethod
-    def forward(ctx, x, p, seed, offset, inplace, backend):
-        y = _masked(x, x if inplace else torch.empty_like(x), p, seed, offset, backend)
-        if inplace:
-            ctx.mark_dirty(x)
-        ctx.args = (p, seed, offset, backend)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        return (_Dropout.apply(grad, *ctx.args[:3], False, ctx.args[3]),) + (None,) * 5
-
-
-def _check_writable(t):
-    # Before writing, as PyTorch does: a refused call leaves the tensor untouched.
-    if torch.is_grad_enabled() and t.requires_grad:
-        if t.is_leaf:
-            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
-        if t._is_view() and t._base.is_leaf:
-            raise RuntimeError(
-                "a view of a leaf Variable that requires grad is being used in an in-place operation.")
-    if torch._debug_has_internal_overlap(t) == 1:
-        raise RuntimeError(
-            "unsupported operation: more than one element of the written-to tensor refers to a single "
-            "memory location. Please clone() the tensor before performing the operation."
-        )
-
+from . import _jit, contract
+from ._dispatch import P_DEFAULT, resolve_p, scale_of
+from ._masked import check_call_args, masked
 
 def dropout(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None, noise_shape=None, seed=None,
             offset=0, generator=None, backend="auto"):
@@ -58,36 +24,10 @@ def dropout(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None,
         from .family import noise_dropout  # the family builds on this module
         return noise_dropout(input, p, noise_shape, training, inplace, seed=seed, offset=offset,
                              generator=generator, backend=backend)
-    if not isinstance(training, (bool, np.bool_)):  # PyTorch's parser refuses None, ints, strings
-        raise TypeError(f"dropout(): argument 'training' must be bool, not {type(training).__name__}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"dropout(): generator must be a torch.Generator, but got {type(generator).__name__}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, but got {backend!r}")
-    if seed is not None:
-        seed = contract.check_seed(seed)
-        offset = contract.check_offset(offset, 0)
-    elif offset != 0:
-        raise ValueError("offset needs an explicit seed")
+    seed, offset = check_call_args(training, seed, offset, generator, backend)
     if not training or p == 0.0:
         return input
-    check_input(input)
-    if input.numel() == 0:
-        return input
-    backend = resolve_backend(backend, input.device)
-    if seed is not None:
-        contract.check_offset(offset, input.numel())
-    if torch.compiler.is_compiling():
-        return ops.traced_dropout(input, p, inplace, seed, offset, backend)
-    if inplace:
-        _check_writable(input)
-    if seed is None:
-        # p == 1 and meta tensors draw nothing: no stream bit decides anything there.
-        draws = p < 1.0 and backend != "meta"
-        seed, offset = _rng.reserve(input.numel(), input.device, generator) if draws else (0, 0)
-    if torch.is_grad_enabled() and input.requires_grad:
-        return _Dropout.apply(input, p, seed, offset, inplace, backend)
-    return _masked(input, input if inplace else torch.empty_like(input), p, seed, offset, backend)
+    return masked(input, p, None, inplace, seed, offset, generator, backend, scale=scale_of(p))
 
 
 def dropout_mask(shape, p, *, seed, offset=0, device="cpu"):

@@ -136,8 +136,9 @@ def test_noise_shape_not_broadcastable_is_refused(noise_shape, error):
 
 def test_noise_dropout_reserves_one_element_per_noise_element(monkeypatch):
     seen = []
-    real = fam._rng.reserve
-    monkeypatch.setattr(fam._rng, "reserve", lambda n, d, g: seen.append(n) or real(n, d, g))
+    from fastdrop import _rng
+    real = _rng.reserve
+    monkeypatch.setattr(_rng, "reserve", lambda n, d, g: seen.append(n) or real(n, d, g))
     fastdrop.noise_dropout(torch.ones(8, 3, 5, 5), 0.5, (8, 3, 1, 1))
     fastdrop.dropout2d(torch.ones(8, 3, 5, 5), 0.5)
     fastdrop.drop_path(torch.ones(8, 3, 5), 0.5, True)
