@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -14,14 +15,16 @@ CHUNK = 1 << 16  # elements per task: the temporaries stay in cache
 HALF_TYPES = (torch.float16, torch.bfloat16)
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = -1
+_pool_lock = threading.Lock()
 
 
 def _executor() -> ThreadPoolExecutor:
     global _pool, _pool_pid
-    if _pool is None or _pool_pid != os.getpid():  # a forked child needs its own threads
-        _pool = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()))
-        _pool_pid = os.getpid()
-    return _pool
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():  # a forked child needs its own threads
+            _pool = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()))
+            _pool_pid = os.getpid()
+        return _pool
 
 
 def _chunked(fn, n):
@@ -30,13 +33,15 @@ def _chunked(fn, n):
     if len(starts) == 1:
         fn(0, n)
         return
-    for f in [_executor().submit(_no_grad, fn, s, min(s + CHUNK, n)) for s in starts]:
+    inference = torch.is_inference_mode_enabled()
+    for f in [_executor().submit(_in_worker, fn, s, min(s + CHUNK, n), inference) for s in starts]:
         f.result()
 
 
-def _no_grad(fn, start, stop):
-    # Grad mode is per thread: a worker must not see autograd on the caller's views.
-    with torch.no_grad():
+def _in_worker(fn, start, stop, inference):
+    # Grad and inference modes are per thread: a worker takes the caller's inference mode and
+    # no autograd, so it may write into the caller's views and inference tensors.
+    with torch.inference_mode(inference), torch.no_grad():
         fn(start, stop)
 
 

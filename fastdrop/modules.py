@@ -98,20 +98,21 @@ class NoiseDropout(nn.Module):
     """Dropout with one keep bit per element of ``noise_shape`` (see ``fastdrop.noise_dropout``).
 
     ``NoiseDropout(0.1, noise_shape=(None, 1, None))`` shares one mask along dim 1 of a
-    (B, L, D) input; None entries take the input's size.
+    (B, L, D) input; None entries take the input's size. Without ``noise_shape``, one bit
+    per element (plain dropout).
     """
 
     __constants__ = ["p", "noise_shape", "inplace"]
 
-    def __init__(self, p: float = P_DEFAULT, noise_shape=(), inplace: bool = False, *,
+    def __init__(self, p: float = P_DEFAULT, noise_shape=None, inplace: bool = False, *,
                  keep_prob: float | None = None):
         super().__init__()
         self.p = resolve_p(p, keep_prob)
-        self.noise_shape = tuple(noise_shape)
+        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
         self.inplace = inplace
 
     def forward(self, input):
-        return family.noise_dropout(input, self.p, self.noise_shape, self.training, self.inplace)
+        return F.dropout(input, self.p, self.training, self.inplace, noise_shape=self.noise_shape)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, noise_shape={self.noise_shape}, inplace={self.inplace}"

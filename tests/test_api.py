@@ -525,3 +525,49 @@ def test_noise_shape_keyword_shares_bits_along_size_one_dims(noise_shape):
     assert torch.equal(y, fastdrop.noise_dropout(x, 0.5, noise_shape, seed=21, offset=2))
     mask = fastdrop.dropout_mask(noise_shape, 0.5, seed=21, offset=2).expand(x.shape)
     assert torch.equal(y, torch.where(mask, x * torch.tensor(2.0), 0.0))
+
+
+@pytest.mark.parametrize("grad_mode", ["no_grad", "no_requires_grad"])
+def test_inplace_outside_autograd_bumps_the_version(grad_mode):
+    w = torch.randn(1000, requires_grad=True)
+    x = w.exp()  # saved by exp's backward: writing into it must invalidate that backward
+    version = x._version
+    if grad_mode == "no_grad":
+        with torch.no_grad():
+            fastdrop.dropout(x, 0.5, inplace=True, seed=1)
+    else:
+        fastdrop.dropout(x.detach(), 0.5, inplace=True, seed=1)
+    assert x._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        x.sum().backward()
+
+
+@pytest.mark.parametrize("call", [
+    lambda t: fastdrop.dropout1d(t.view(4, 5, 5), 0.5, inplace=True, seed=1),
+    lambda t: fastdrop.alpha_dropout(t, 0.5, True, inplace=True, seed=1),
+    lambda t: fastdrop.dropout(t, 0.5, inplace=True, noise_shape=(4, 1, 1, 1), seed=1),
+], ids=["dropout1d", "alpha_dropout", "noise_shape"])
+def test_family_inplace_on_a_leaf_is_refused_before_writing(call):
+    leaf = torch.ones(4, 5, 1, 5, requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        call(leaf)
+    assert torch.equal(leaf.detach(), torch.ones(4, 5, 1, 5))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_cpu_path_under_inference_mode(dtype):
+    x = nonzero_randn((3, 70_001), dtype)  # several CPU tasks
+    with torch.inference_mode():
+        y = fastdrop.dropout(x, 0.3, seed=4)
+        z = fastdrop.alpha_dropout(x, 0.3, True, seed=4)
+    assert torch.equal(y, fastdrop.dropout(x, 0.3, seed=4))
+    assert torch.equal(z, fastdrop.alpha_dropout(x, 0.3, True, seed=4))
+
+
+def test_noise_dropout_module_defaults_to_one_bit_per_element():
+    x = torch.ones(64, 64)
+    torch.manual_seed(0)
+    y = fastdrop.NoiseDropout(0.5)(x)
+    torch.manual_seed(0)
+    assert torch.equal(y, fastdrop.dropout(x, 0.5))
+    assert 0 < (y == 0).sum() < x.numel()

@@ -65,6 +65,42 @@ def test_compiled_inplace_matches_eager():
     assert torch.equal(torch.compile(f, fullgraph=True)(x), fastdrop.dropout(x, 0.25, seed=9))
 
 
+def test_compiled_family_layers_have_no_graph_breaks():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), fastdrop.Dropout2d(0.2), nn.SELU(), fastdrop.AlphaDropout(0.1),
+                          fastdrop.DropPath(0.3), fastdrop.NoiseDropout(0.2, noise_shape=(None, 1, None, None)),
+                          nn.Flatten(), nn.Linear(8 * 6 * 6, 2))
+    x = torch.randn(4, 3, 8, 8)
+    explained = torch._dynamo.explain(model)(x)
+    print(f"family: graphs={explained.graph_count} graph_breaks={explained.graph_break_count}")
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+    compiled = torch.compile(model, fullgraph=True)
+    y1, y2 = compiled(x), compiled(x)
+    assert not torch.equal(y1, y2)
+    y1.sum().backward()
+    assert model[0].weight.grad.abs().sum() > 0
+
+
+def test_compiled_matches_eager_with_a_seed_and_a_high_offset():
+    offset = 2**63 + 5  # beyond int64: travels as signed bits
+
+    def f(t):
+        return fastdrop.dropout(t, 0.4, seed=2**64 - 3, offset=offset)
+
+    x = torch.randn(257)
+    assert torch.equal(torch.compile(f, fullgraph=True)(x), f(x))
+
+
+def test_generator_under_compile_is_a_clear_error():
+    gen = torch.Generator().manual_seed(0)
+
+    def f(t):
+        return fastdrop.dropout(t, 0.4, generator=gen)
+
+    with pytest.raises(Exception, match="generator= is not supported under torch.compile"):
+        torch.compile(f, fullgraph=True)(torch.randn(8))
+
+
 # ---------------------------------------------------------------- autocast / dtypes
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_keeps_the_given_dtype(dtype):
