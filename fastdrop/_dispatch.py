@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import struct
 
 import torch
 
@@ -77,17 +76,9 @@ def scale_of(p: float) -> float:
     return 1.0 / (1.0 - p) if p < 1.0 else 0.0
 
 
-def _bits(v: float) -> int:
-    return struct.unpack("<q", struct.pack("<d", v))[0]
-
-
 def mask_strides(noise_shape) -> tuple:
     """Row-major strides of ``noise_shape`` with 0 on its size-1 dims: the kernels' mask index."""
-    strides, acc = [], 1
-    for s in reversed(noise_shape):
-        strides.append(acc if s != 1 else 0)
-        acc *= s
-    return tuple(reversed(strides))
+    return tuple(0 if s == 1 else st for s, st in zip(noise_shape, contract.row_major(noise_shape)))
 
 
 def apply_mask(x, y, p, seed, offset, backend, *, noise_shape=None, scale=None, affine=None):
@@ -105,7 +96,7 @@ def apply_mask(x, y, p, seed, offset, backend, *, noise_shape=None, scale=None, 
         _cpu.apply(x, y, seed, offset, threshold, scale, noise_shape=noise_shape, affine=affine)
     elif backend == "triton":
         strides = None if noise_shape is None else mask_strides(noise_shape)
-        _kernels.launch(x, y, seed, offset, threshold, _bits(scale), mask_strides=strides, affine=affine)
+        _kernels.launch(x, y, seed, offset, threshold, scale, mask_strides=strides, affine=affine)
     return y
 
 
@@ -115,5 +106,5 @@ def apply_dropout_add(x, bias, residual, y, p, seed, offset, backend):
     if backend == "cpu":
         _cpu.dropout_add(x, bias, residual, y, seed, offset, threshold, scale_of(p))
     elif backend == "triton":
-        _residual_kernels.launch(x, bias, residual, y, seed, offset, threshold, _bits(scale_of(p)))
+        _residual_kernels.launch(x, bias, residual, y, seed, offset, threshold, scale_of(p))
     return y

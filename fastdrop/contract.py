@@ -63,6 +63,20 @@ def keep_threshold(p: float) -> int:
     return int(round((1.0 - p) * UINT32))
 
 
+def row_major(shape) -> tuple:
+    """Row-major strides of ``shape``: each element's logical index, the mask index."""
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= s
+    return tuple(reversed(strides))
+
+
+def signed64(v: int) -> int:
+    """A value in [0, 2**64) as the int64 with the same bits (how seeds reach kernels and ops)."""
+    return v - UINT64 if v >= 1 << 63 else v
+
+
 def check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int in [0, 2**64), but got {type(seed).__name__} {seed!r}")

@@ -15,11 +15,6 @@ from . import contract
 from ._dispatch import apply_mask
 
 
-def signed64(v: int) -> int:
-    """A value in [0, 2**64) as the int64 with the same bits."""
-    return v - contract.UINT64 if v >= 1 << 63 else v
-
-
 @torch.library.custom_op("fastdrop::dropout", mutates_args=())
 def dropout_op(x: torch.Tensor, p: float, seed: torch.Tensor, offset: int, backend: str,
                noise_shape: Optional[list[int]], scale: float, affine: Optional[list[float]]) -> torch.Tensor:
@@ -57,8 +52,8 @@ def traced_dropout(x, p, inplace, seed, offset, backend, noise_shape, scale, aff
         # reproduces it. 62 bits keep the bound inside every backend's randint.
         seed_t = torch.randint(0, 1 << 62, (1,), dtype=torch.int64, device=x.device)
     else:
-        seed_t = torch.tensor([signed64(seed)], dtype=torch.int64, device=x.device)
-    y = dropout_op(x, p, seed_t, signed64(offset), backend,
+        seed_t = torch.tensor([contract.signed64(seed)], dtype=torch.int64, device=x.device)
+    y = dropout_op(x, p, seed_t, contract.signed64(offset), backend,
                    None if noise_shape is None else list(noise_shape), scale,
                    None if affine is None else list(affine))
     return x.copy_(y) if inplace else y

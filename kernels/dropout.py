@@ -16,6 +16,8 @@ import struct
 import triton
 import triton.language as tl
 
+from ..contract import row_major, signed64
+
 WORDS = 4  # 32-bit words per Philox call, one per element
 BLOCK = 2048
 NUM_WARPS = 4
@@ -181,22 +183,15 @@ def _dropout_bcast_kernel(
     tl.store(Y_ptr + yo, y, mask=inb)
 
 
-def walk_dims(shape, x_strides, y_strides, mask_strides=None):
+def walk_dims(shape, x_strides, y_strides, mask_strides):
     """Dims in y's memory order, merged where x, y and the mask index all allow.
 
     Returns (sizes, x_strides, y_strides, mask_strides), outermost first, without
-    size-1 dims. ``mask_strides`` defaults to the row-major strides of ``shape``; a 0
-    marks a dim the mask is shared along. One dim with unit strides everywhere means
-    both tensors are contiguous and the mask index is the memory index.
+    size-1 dims; a 0 mask stride marks a dim the mask is shared along. One dim with unit
+    strides everywhere means both tensors are contiguous and the mask index is the memory
+    index.
     """
-    if mask_strides is None:
-        logical, acc = [], 1
-        for s in reversed(shape):
-            logical.append(acc)
-            acc *= s
-        logical.reverse()
-    else:
-        logical = list(mask_strides)
+    logical = list(mask_strides)
     dims = [d for d in range(len(shape)) if shape[d] != 1]
     # Outermost = largest y stride; ties keep logical order (stable sort).
     dims.sort(key=lambda d: -y_strides[d])
@@ -219,7 +214,7 @@ def _pad(cols, width):
     return [(1,) * pad + cols[0]] + [(0,) * pad + c for c in cols[1:]]
 
 
-def _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, affine, block):
+def _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, affine, seed_ptr, block):
     noise = [i for i in range(len(sizes)) if ls[i] != 0]
     bcast = [i for i in range(len(sizes)) if ls[i] == 0]
     msz, mx, my, ml = _pad([tuple(col[i] for i in noise) for col in (sizes, xs, ys, ls)], MAX_BCAST_DIMS)
@@ -235,7 +230,7 @@ def _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, affine, block):
     block_m, block_k = (inner, outer) if m_inner else (outer, inner)
     grid = (_cdiv(M, block_m) * _cdiv(K, block_k),)
     _dropout_bcast_kernel[grid](x, y, M, K, *args, msz[1], msz[2], *mx, *my, *ml, ksz[1], ksz[2], *kx, *ky,
-                                SHIFT=shift, AFFINE=affine, SEED_PTR=not isinstance(args[0], int),
+                                SHIFT=shift, AFFINE=affine, SEED_PTR=seed_ptr,
                                 M_INNER=m_inner, BLOCK_M=block_m,
                                 BLOCK_K=block_k, num_warps=NUM_WARPS, enable_fp_fusion=not affine)
     return y
@@ -250,7 +245,7 @@ def _float_bits(v):
     return struct.unpack("<q", struct.pack("<d", float(v)))[0]
 
 
-def launch(x, y, seed, offset, threshold, scale_bits, block=BLOCK, *, mask_strides=None, affine=None):
+def launch(x, y, seed, offset, threshold, scale, block=BLOCK, *, mask_strides=None, affine=None):
     """y = dropout(x) by the mask contract; x and y have the same shape, any strides.
 
     ``mask_strides`` (one per dim of x) give each element's stream index as
@@ -263,14 +258,15 @@ def launch(x, y, seed, offset, threshold, scale_bits, block=BLOCK, *, mask_strid
         return y
     # An int seed travels reinterpreted as signed; a tensor seed (CUDA-graph capture) as a pointer.
     seed_ptr = not isinstance(seed, int)
-    signed_seed = seed if seed_ptr or seed < (1 << 63) else seed - (1 << 64)
+    signed_seed = seed if seed_ptr else signed64(seed)
     base, shift = divmod(offset, WORDS)
     add_bits, drop_bits = (0, 0) if affine is None else (_float_bits(affine[0]), _float_bits(affine[1]))
-    args = (signed_seed, base, threshold, scale_bits, add_bits, drop_bits)
+    args = (signed_seed, base, threshold, _float_bits(scale), add_bits, drop_bits)
     is_affine = affine is not None
     # Contiguous x and y with the row-major mask: the common case, decided without walking dims.
     contiguous = mask_strides is None and x.is_contiguous() and y.is_contiguous()
     if not contiguous:
+        mask_strides = row_major(x.shape) if mask_strides is None else mask_strides
         sizes, xs, ys, ls = walk_dims(x.shape, x.stride(), y.stride(), mask_strides)
         contiguous = len(sizes) <= 1 and xs in ((), (1,)) and ys in ((), (1,)) and ls in ((), (1,))
     if contiguous:
@@ -282,9 +278,9 @@ def launch(x, y, seed, offset, threshold, scale_bits, block=BLOCK, *, mask_strid
     n_noise = sum(1 for s in ls if s != 0)
     if (len(sizes) > MAX_DIMS if not has_bcast
             else max(n_noise, len(ls) - n_noise) > MAX_BCAST_DIMS):
-        return _launch_sliced(x, y, seed, offset, threshold, scale_bits, block, mask_strides, affine)
+        return _launch_sliced(x, y, seed, offset, threshold, scale, block, mask_strides, affine)
     if has_bcast:
-        return _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, is_affine, block)
+        return _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, is_affine, seed_ptr, block)
     sizes, xs, ys, ls = _pad([sizes, xs, ys, ls], MAX_DIMS)
     grid = (_cdiv(n, block),)
     _dropout_strided_kernel[grid](x, y, n, *args, sizes[1], sizes[2], sizes[3], *xs, *ys, *ls,
@@ -293,17 +289,12 @@ def launch(x, y, seed, offset, threshold, scale_bits, block=BLOCK, *, mask_strid
     return y
 
 
-def _launch_sliced(x, y, seed, offset, threshold, scale_bits, block, mask_strides, affine):
+def _launch_sliced(x, y, seed, offset, threshold, scale, block, mask_strides, affine):
     # More dims than the kernels walk: launch once per index of y's outermost dim. Slice i
     # of dim d is the same op at stream offset offset + i * mask_stride[d].
-    if mask_strides is None:
-        mask_strides, acc = [0] * x.dim(), 1
-        for d in reversed(range(x.dim())):
-            mask_strides[d] = acc
-            acc *= x.shape[d]
     d = max((d for d in range(x.dim()) if x.shape[d] != 1), key=lambda d: y.stride(d))
     rest = tuple(mask_strides[:d]) + tuple(mask_strides[d + 1:])
     for i in range(x.shape[d]):
-        launch(x.select(d, i), y.select(d, i), seed, offset + i * mask_strides[d], threshold, scale_bits,
+        launch(x.select(d, i), y.select(d, i), seed, offset + i * mask_strides[d], threshold, scale,
                block, mask_strides=rest, affine=affine)
     return y

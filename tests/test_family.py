@@ -447,7 +447,7 @@ def test_kernel_mask_does_not_depend_on_the_tile(block):
     for x_ in (x, x.to(memory_format=torch.channels_last)):
         for noise in ((6, 5, 1, 1), (1, 5, 3, 1)):
             y = torch.empty_like(x_)
-            kdrop.launch(x_, y, SEED, 1, contract.keep_threshold(0.5), _dispatch._bits(2.0), block=block,
+            kdrop.launch(x_, y, SEED, 1, contract.keep_threshold(0.5), 2.0, block=block,
                          mask_strides=_dispatch.mask_strides(noise))
             assert_bitwise_equal(y.cpu(), noise_reference(x_.cpu(), 0.5, noise, SEED, 1))
 
