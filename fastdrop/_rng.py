@@ -18,14 +18,15 @@ def reserve(numel: int, device: torch.device, generator: torch.Generator | None)
     torch.utils.checkpoint's RNG restore replays the same mask. Under CUDA-graph capture the
     seed is a 1-element int64 device tensor (offset 0).
     """
-    if generator is not None and generator.device.type != device.type:
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if generator is not None and generator.device != device:
         raise ValueError(
             f"generator is on {generator.device} but the input is on {device}: "
             f"pass a generator of the input's device"
         )
     if device.type == "cuda":
-        gen = generator or torch.cuda.default_generators[
-            device.index if device.index is not None else torch.cuda.current_device()]
+        gen = generator or torch.cuda.default_generators[device.index]
         if torch.cuda.is_current_stream_capturing():
             # Host integers would be baked into the graph (one mask on every replay). A seed
             # drawn on the device by PyTorch's graph-safe RNG is drawn anew by each replay;
