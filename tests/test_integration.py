@@ -170,20 +170,21 @@ def test_threads_never_share_a_mask():
 def _ddp_worker(rank, world, port, seed, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)  # same initial weights on every rank
-        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), fastdrop.Dropout(0.3), nn.Linear(16, 1))
-        ddp = nn.parallel.DistributedDataParallel(model)
-        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
-        torch.manual_seed(seed + rank)  # each rank its own data and masks
-        for _ in range(5):
-            x, t = torch.randn(8, 8), torch.randn(8, 1)
-            opt.zero_grad()
-            nn.functional.mse_loss(ddp(x), t).backward()
-            opt.step()
-        torch.save([p.detach() for p in model.parameters()], f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)  # same initial weights on every rank
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), fastdrop.Dropout(0.3), nn.Linear(16, 1))
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    torch.manual_seed(seed + rank)  # each rank its own data and masks
+    for _ in range(5):
+        x, t = torch.randn(8, 8), torch.randn(8, 1)
+        opt.zero_grad()
+        nn.functional.mse_loss(ddp(x), t).backward()
+        opt.step()
+    torch.save([p.detach() for p in model.parameters()], f"{out}/rank{rank}.pt")
+    dist.barrier()
+    # Leave without gloo's destructors: tearing down a process group under DDP can deadlock
+    # on the GIL (seen once here, in a fresh-clone run), and nothing is left to clean up.
+    os._exit(0)
 
 
 def _free_port():
@@ -193,8 +194,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _run_ddp(tmp_path, seed):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), seed, str(tmp_path)), nprocs=2, join=True)
+def _run_ddp(tmp_path, seed, timeout_s=180):
+    workers = mp.spawn(_ddp_worker, args=(2, _free_port(), seed, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + timeout_s
+    while not workers.join(timeout=1):  # raises if a worker fails
+        if time.monotonic() > deadline:
+            for proc in workers.processes:
+                proc.kill()
+            pytest.fail(f"DDP workers still running after {timeout_s} s")
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
 
