@@ -91,7 +91,14 @@ def apply(x: torch.Tensor, y: torch.Tensor, seed: int, offset: int, threshold: i
         return y
     if noise_shape is not None:
         count = math.prod(noise_shape)
-        keep = torch.from_numpy(_jit.keep_bits(seed, offset, count, threshold)).reshape(noise_shape)
+        bits = _jit.keep_bits(seed, offset, count, threshold)
+        lead = next((d for d, s in enumerate(noise_shape) if s == 1), len(noise_shape))
+        if (_jit.block_values is not None and affine is None and x.dtype in (torch.float32, torch.float64)
+                and x.is_contiguous() and y.is_contiguous() and all(s == 1 for s in noise_shape[lead:])):
+            # Channel dropout and drop path: each keep bit covers one contiguous block of x.
+            _jit.block_values(x.detach().view(count, -1).numpy(), y.detach().view(count, -1).numpy(), bits, scale)
+            return y
+        keep = torch.from_numpy(bits).reshape(noise_shape)
         return y.copy_(_transform(x, keep, scale, affine))
     if not (x.is_contiguous() and y.is_contiguous()):
         # Walk in logical order on contiguous copies; the mask is the same.

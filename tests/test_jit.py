@@ -52,3 +52,16 @@ def test_without_numba_the_numpy_path_gives_the_same_output(tmp_path):
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "xy.pt")], check=True)
     x, y = torch.load(tmp_path / "xy.pt")
     assert torch.equal(y, fastdrop.dropout(x, 0.3, seed=99, offset=5))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_block_values_zero_dropped_rows_and_scale_kept_ones(dtype):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((37, 19)).astype(dtype)
+    x[0, 0], x[1, 1], x[2, 2] = np.inf, -np.inf, np.nan
+    keep = rng.random(37) < 0.5
+    keep[:3] = [False, True, False]
+    y = np.full_like(x, 7.0)
+    _jit.block_values(x, y, keep, 1.25)
+    expected = np.where(keep[:, None], x * dtype(1.25), dtype(0))
+    assert np.array_equal(y, expected, equal_nan=True)
