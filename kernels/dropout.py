@@ -74,6 +74,22 @@ def _block_keep(seed, q0, threshold, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _contiguous_block(seed, base, threshold, n, SEED_PTR: tl.constexpr, SHIFT: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    # This program's BLOCK consecutive stream positions over contiguous tensors: keep bits,
+    # the element index of the first (start), the in-block offsets and which are in bounds.
+    pid = tl.program_id(0).to(tl.int64)
+    keep = _block_keep(_key(seed, SEED_PTR), base + pid * (BLOCK // 4), threshold, BLOCK)
+    # Scalar start + int32 arange keeps the contiguity the compiler needs to vectorize.
+    start = pid * BLOCK - SHIFT
+    offs = tl.arange(0, BLOCK)
+    inb = offs < n - start
+    if SHIFT != 0:
+        inb = inb & (offs >= -start)
+    return keep, start, offs, inb
+
+
+@triton.jit
 def _word(seed, base, g):
     # The contract's 32-bit word of stream position 4 * base + g (g: int64 tensor), as int64.
     q = base + g // 4
@@ -100,14 +116,7 @@ def _dropout_kernel(
 ):
     # Contiguous x and y. Each program owns BLOCK consecutive stream positions, so the four
     # words of each Philox call go to four consecutive elements.
-    pid = tl.program_id(0).to(tl.int64)
-    keep = _block_keep(_key(seed, SEED_PTR), base + pid * (BLOCK // 4), threshold, BLOCK)
-    # Scalar start + int32 arange keeps the contiguity the compiler needs to vectorize.
-    start = pid * BLOCK - SHIFT
-    offs = tl.arange(0, BLOCK)
-    inb = offs < n - start
-    if SHIFT != 0:
-        inb = inb & (offs >= -start)
+    keep, start, offs, inb = _contiguous_block(seed, base, threshold, n, SEED_PTR, SHIFT, BLOCK)
     x = tl.load(X_ptr + start + offs, mask=inb)
     y = _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE)
     tl.store(Y_ptr + start + offs, y.to(Y_ptr.dtype.element_ty), mask=inb)

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from ..contract import signed64
-from .dropout import BLOCK, NUM_WARPS, WORDS, _block_keep, _cdiv, _f64, _float_bits, _key
+from .dropout import BLOCK, NUM_WARPS, WORDS, _cdiv, _contiguous_block, _f64, _float_bits
 
 
 @triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits"])
@@ -20,13 +20,7 @@ def _dropout_add_kernel(
     seed, base, threshold, scale_bits,  # as in kernels.dropout._dropout_kernel
     SHIFT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, SEED_PTR: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    keep = _block_keep(_key(seed, SEED_PTR), base + pid * (BLOCK // 4), threshold, BLOCK)
-    start = pid * BLOCK - SHIFT
-    offs = tl.arange(0, BLOCK)
-    inb = offs < n - start
-    if SHIFT != 0:
-        inb = inb & (offs >= -start)
+    keep, start, offs, inb = _contiguous_block(seed, base, threshold, n, SEED_PTR, SHIFT, BLOCK)
     x = tl.load(X_ptr + start + offs, mask=inb)
     # float32 arithmetic for 16/32-bit types, float64 for float64; one rounding at the store.
     ct = tl.float64 if x.dtype == tl.float64 else tl.float32
