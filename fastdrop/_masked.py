@@ -1,19 +1,32 @@
 """The one path every masked variant takes once training is on and p > 0 is settled.
 
-Checks, the seed, then one autograd Function (eager) or one torch.library operator
-(compiled graphs). Autograd saves a ``Mask``: what decides the op, nothing per element.
+Checks, the seed, then one autograd Function (eager, torch.func, forward-mode AD) or one
+torch.library operator (compiled graphs, jit.trace, jit.script). Autograd saves a ``Mask``:
+what decides the op, nothing per element.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as _fwd
 
 from . import _rng, contract, ops
 from ._dispatch import BACKENDS, apply_mask, check_input, resolve_backend
+
+INFERENCE_INPLACE = ("Inplace update to inference tensor outside InferenceMode is not allowed.You can make a "
+                     "clone to get a normal tensor before doing inplace update.See "
+                     "https://github.com/pytorch/rfcs/pull/17 for more details.")  # PyTorch's text
+VMAP_RANDOMNESS_ERROR = ("vmap: called random operation while in randomness error mode. Please either use the "
+                         "'same' or 'different' randomness flags on vmap or perform the randomness operation out "
+                         "of vmap")  # PyTorch's text
+VMAP_INPLACE_UNBATCHED = ("vmap: Cannot ask for different inplace randomness on an unbatched tensor. This will "
+                          "appear like same randomness. If this is necessary for your usage, please file an issue "
+                          "with functorch.")  # PyTorch's text
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,9 @@ class Mask:
     noise_shape: tuple | None  # None: one bit per element
     scale: float
     affine: tuple | None = None  # (add, drop): keep ? x * scale + add : drop
+    # torch.func.vmap levels active when the seed was drawn: ((level, randomness, batch size), ...).
+    vmaps: tuple = ()
+    pinned: bool = True  # the caller gave the seed
 
     def apply(self, x, y):
         if self.backend == "meta":  # a shape and no values: nothing to compute
@@ -34,25 +50,81 @@ class Mask:
         return apply_mask(x, y, self.p, self.seed, self.offset, self.backend, noise_shape=self.noise_shape,
                           scale=self.scale, affine=self.affine)
 
+    def linear(self):
+        """The derivative's mask: keep * scale, the same bits without the affine part."""
+        return replace(self, affine=None)
+
 
 class MaskedDropout(torch.autograd.Function):
     # y = keep ? x * scale (+ add) : (0 or drop). dy/dx = keep * scale: the linear form of the
-    # same op, so backward is this Function again on the gradient (and so on, for higher orders).
+    # same op, so backward and jvp are this Function again (and so on, for higher orders).
     @staticmethod
-    def forward(ctx, x, mask, inplace):
-        y = mask.apply(x, x if inplace else torch.empty_like(x))
-        if inplace:
+    def forward(x, mask, inplace):
+        return mask.apply(x, x if inplace else torch.empty_like(x))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, ctx.mask, ctx.inplace = inputs
+        if ctx.inplace:
             ctx.mark_dirty(x)
-        ctx.mask = mask
-        return y
 
     @staticmethod
     def backward(ctx, grad):
-        return MaskedDropout.apply(grad, replace(ctx.mask, affine=None), False), None, None
+        return MaskedDropout.apply(grad, ctx.mask.linear(), False), None, None
+
+    @staticmethod
+    def jvp(ctx, tangent, _mask, _inplace):
+        # An in-place op updates its input's tangent in place.
+        return MaskedDropout.apply(tangent, ctx.mask.linear(), ctx.inplace)
+
+    @staticmethod
+    def vmap(info, in_dims, x, mask, inplace):
+        """One batch level of torch.func.vmap: the mask over the batched tensor, batch dim first.
+
+        A mask drawn under this vmap level follows its randomness: "different" (and "error", with
+        a pinned seed) takes the bits of the whole (batch, *sample) tensor, "same" one sample's
+        bits for every sample. A mask drawn outside this level (a forward's mask in the
+        backward of jacrev, say) is the same for every batch element.
+        """
+        randomness = _drawn_under(mask, info.batch_size)
+        bdim = in_dims[0]  # x is the one tensor argument: the rule runs only when it is batched
+        xb = x.movedim(bdim, 0)
+        sample = tuple(xb.shape[1:]) if mask.noise_shape is None else tuple(mask.noise_shape)
+        batch = info.batch_size if randomness in ("different", "error") else 1
+        if mask.pinned and batch > 1:
+            contract.check_offset(mask.offset, batch * math.prod(sample))
+        inner = replace(mask, noise_shape=(batch,) + sample)
+        y = MaskedDropout.apply(xb, inner, inplace)
+        return (x, bdim) if inplace else (y, 0)
+
+
+def _vmap_levels():
+    from torch._functorch import pyfunctorch
+
+    return tuple((i.level(), i.randomness(), i.batch_size())
+                 for i in pyfunctorch.retrieve_all_functorch_interpreters() if hasattr(i, "randomness"))
+
+
+def _drawn_under(mask, batch_size):
+    """The randomness of the vmap level a rule is running for, if the mask was drawn under it.
+
+    A vmap rule runs with its own level and those above it popped: its level is the lowest
+    vmap level recorded at the draw above every level still active. None: drawn outside it.
+    """
+    from torch._functorch import pyfunctorch
+
+    top = max((i.level() for i in pyfunctorch.retrieve_all_functorch_interpreters()), default=0)
+    above = [m for m in mask.vmaps if m[0] > top]
+    if not above:
+        return None
+    _, randomness, size = min(above)
+    return randomness if size == batch_size else None
 
 
 def check_writable(t):
     # Before writing, as PyTorch does: a refused call leaves the tensor untouched.
+    if t.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(INFERENCE_INPLACE)
     if torch.is_grad_enabled() and t.requires_grad:
         if t.is_leaf:
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
@@ -66,12 +138,27 @@ def check_writable(t):
         )
 
 
+def _in_checkpoint():
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename.endswith(("torch/utils/checkpoint.py", "torch\\utils\\checkpoint.py")):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def check_call_args(training, seed, offset, generator, backend, name="dropout"):
     """Checks that need no tensor, done before any early return; returns (seed, offset)."""
     if not isinstance(training, (bool, np.bool_)):  # PyTorch's parser refuses None, ints, strings
         raise TypeError(f"{name}(): argument 'training' must be bool, not {type(training).__name__}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"{name}(): generator must be a torch.Generator, but got {type(generator).__name__}")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"{name}(): generator must be a torch.Generator, but got {type(generator).__name__}")
+        if training and not torch.compiler.is_compiling() and _in_checkpoint():
+            # checkpoint restores only the default generators: the recompute would draw another mask.
+            raise ValueError(f"{name}(): generator= inside torch.utils.checkpoint would recompute a different "
+                             f"mask (checkpoint restores only PyTorch's default generators); pass seed= or use "
+                             f"the default generator")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, but got {backend!r}")
     if seed is None:
@@ -91,25 +178,55 @@ def seed_offset(seed, offset, count, p, device, generator, backend):
     return _rng.reserve(count, device, generator)
 
 
+def _transformed(input, p, noise_shape, inplace, seed, offset, generator, backend, scale, affine):
+    """Under torch.func transforms: a fresh seed drawn below them, then the Function (whose
+    vmap rule batches the mask). The draw is a 63-bit seed with offset 0, as on CPU: the
+    batched size of the call is not known until its vmap rules run."""
+    vmaps = _vmap_levels()
+    pinned = seed is not None
+    if not pinned and any(r == "error" for _, r, _ in vmaps):
+        raise RuntimeError(VMAP_RANDOMNESS_ERROR)
+    different = [lv for lv, r, _ in vmaps if r == "different"]
+    if different and torch._C._functorch.maybe_get_level(input) < max(different):
+        # Not batched under a "different" level, whose rule would then never run: batch it there,
+        # as PyTorch's random ops do, so each batch element gets its own mask.
+        if inplace:
+            raise RuntimeError(VMAP_INPLACE_UNBATCHED)
+        input = input + torch.rand((), dtype=input.dtype, device=input.device).mul_(0)
+    if not pinned:
+        with torch._C._DisableFuncTorch():
+            seed = (0 if p == 1.0 or backend == "meta" else
+                    int(torch.empty((), dtype=torch.int64, device=input.device).random_(generator=generator)))
+    mask = Mask(p, seed, offset, backend, noise_shape, scale, affine, vmaps, pinned)
+    return MaskedDropout.apply(input, mask, inplace)
+
+
 def masked(input, p, noise_shape, inplace, seed, offset, generator, backend, *, scale, affine=None,
            name="dropout"):
     """keep ? x * scale (+ add) : (0 or drop), keep bits from the contract (per noise element)."""
     check_input(input, name)
     if input.numel() == 0:
         return input
-    backend = resolve_backend(backend, input.device)
-    count = input.numel() if noise_shape is None else math.prod(noise_shape)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         if generator is not None:
-            raise ValueError("generator= is not supported under torch.compile: seed with torch.manual_seed")
+            raise ValueError("generator= is not supported under torch.compile or torch.jit.trace: seed with "
+                             "torch.manual_seed, or pass seed=")
+        return ops.traced_dropout(input, p, inplace, seed, offset, backend, noise_shape, scale, affine)
+    count = input.numel() if noise_shape is None else math.prod(noise_shape)
+    if input.is_neg():  # a lazily negated view (torch._neg_view): resolve it, as PyTorch's ops do
+        y = masked(input.resolve_neg(), p, noise_shape, False, seed, offset, generator, backend, scale=scale,
+                   affine=affine, name=name)
+        return input.copy_(y) if inplace else y
+    backend = resolve_backend(backend, input.device)
+    if torch._C._are_functorch_transforms_active():
         if seed is not None:
             contract.check_offset(offset, count)
-        return ops.traced_dropout(input, p, inplace, seed, offset, backend, noise_shape, scale, affine)
+        return _transformed(input, p, noise_shape, inplace, seed, offset, generator, backend, scale, affine)
     if inplace:
         check_writable(input)
     seed, offset = seed_offset(seed, offset, count, p, input.device, generator, backend)
     mask = Mask(p, seed, offset, backend, noise_shape, scale, affine)
-    if torch.is_grad_enabled() and input.requires_grad:
+    if (torch.is_grad_enabled() and input.requires_grad) or _fwd._current_level >= 0:
         return MaskedDropout.apply(input, mask, inplace)
     y = mask.apply(input, input if inplace else torch.empty_like(input))
     if inplace and not input.is_inference():  # written outside autograd: tell it, as in-place ops do

@@ -23,28 +23,17 @@ import numbers
 import warnings
 
 import torch
+import torch.autograd.forward_ad as _fwd
+from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
-from . import contract
+from . import contract, ops
 from ._dispatch import P_DEFAULT, apply_dropout_add, check_input, resolve_backend, resolve_p, scale_of
 from ._masked import Mask, MaskedDropout, check_call_args, masked, seed_offset
-
-# -alpha' in ATen's alpha dropout: SELU's negative saturation value is -lambda * alpha.
-SELU_ALPHA = 1.7580993408473766
 
 
 @torch._dynamo.assume_constant_result  # depends on (p, dtype) only: a constant of a compiled graph
 def _alpha_constants(p: float, dtype: torch.dtype):
-    """(a, b_kept, b_dropped) in ``dtype``, rounded exactly as ATen's alpha dropout rounds them.
-
-    ATen: ``b = noise.add(-1).mul_(alpha * a).add_(alpha * a * p); noise.mul_(a)`` on the 0/1
-    noise, then ``y = x.mul(noise).add_(b)``. Running the same ops on a 0/1 tensor of the
-    input's dtype gives the very constants its noise holds.
-    """
-    a = 1.0 / math.sqrt((SELU_ALPHA * SELU_ALPHA * p + 1) * (1 - p))
-    noise = torch.tensor([0.0, 1.0], dtype=dtype)
-    b = noise.add(-1).mul_(SELU_ALPHA * a).add_(SELU_ALPHA * a * p)
-    noise.mul_(a)
-    return float(noise[1]), float(b[1]), float(b[0])
+    return ops.alpha_constants(p, dtype)
 
 
 def _masked(input, p, noise_shape, inplace, seed, offset, generator, backend, *, scale=None, alpha=False,
@@ -86,6 +75,7 @@ def _tensor(input, name):
         check_input(input, name)  # raises its TypeError
 
 
+@ops.not_scriptable
 def noise_dropout(input, p, noise_shape, training=True, inplace=False, *, seed=None, offset=0, generator=None,
                   backend="auto"):
     """Dropout with one keep bit per element of ``noise_shape`` (as ``tf.nn.dropout``).
@@ -95,6 +85,9 @@ def noise_dropout(input, p, noise_shape, training=True, inplace=False, *, seed=N
     size. Kept elements are scaled by 1/(1-p). Draws ``prod(noise_shape)`` stream elements.
     """
     p = contract.check_p(p)
+    if has_torch_function_unary(input):
+        return handle_torch_function(noise_dropout, (input,), input, p, noise_shape, training, inplace, seed=seed,
+                                     offset=offset, generator=generator, backend=backend)
     _tensor(input, "noise_dropout")
     seed, offset = check_call_args(training, seed, offset, generator, backend, "noise_dropout")
     noise_shape = _resolve_noise_shape(noise_shape, input.shape)
@@ -124,10 +117,14 @@ def _feature(input, p, training, inplace, seed, offset, generator, backend, *, b
     return _masked(input, p, noise, inplace, seed, offset, generator, backend, alpha=alpha, name=name)
 
 
+@ops.not_scriptable
 def dropout1d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None, seed=None, offset=0,
               generator=None, backend="auto"):
     """Drop-in for ``torch.nn.functional.dropout1d``: zeroes whole channels of (N, C, L) or (C, L)."""
     p = resolve_p(p, keep_prob)
+    if has_torch_function_unary(input):
+        return handle_torch_function(dropout1d, (input,), input, p, training, inplace, seed=seed, offset=offset,
+                                     generator=generator, backend=backend)
     _tensor(input, "dropout1d")
     inp_dim = input.dim()
     if inp_dim not in (2, 3):
@@ -141,6 +138,7 @@ def dropout1d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=Non
                     name="dropout1d")
 
 
+@ops.not_scriptable
 def dropout2d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None, seed=None, offset=0,
               generator=None, backend="auto"):
     """Drop-in for ``torch.nn.functional.dropout2d``: zeroes whole channels of (N, C, H, W).
@@ -148,6 +146,9 @@ def dropout2d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=Non
     As PyTorch: other ranks warn, and a 3-D input is taken as (N, C, L).
     """
     p = resolve_p(p, keep_prob)
+    if has_torch_function_unary(input):
+        return handle_torch_function(dropout2d, (input,), input, p, training, inplace, seed=seed, offset=offset,
+                                     generator=generator, backend=backend)
     _tensor(input, "dropout2d")
     inp_dim = input.dim()
     if inp_dim not in (3, 4):
@@ -171,10 +172,14 @@ def dropout2d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=Non
     return _feature(input, p, training, inplace, seed, offset, generator, backend, name="dropout2d")
 
 
+@ops.not_scriptable
 def dropout3d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None, seed=None, offset=0,
               generator=None, backend="auto"):
     """Drop-in for ``torch.nn.functional.dropout3d``: zeroes whole channels of (N, C, D, H, W) or (C, D, H, W)."""
     p = resolve_p(p, keep_prob)
+    if has_torch_function_unary(input):
+        return handle_torch_function(dropout3d, (input,), input, p, training, inplace, seed=seed, offset=offset,
+                                     generator=generator, backend=backend)
     _tensor(input, "dropout3d")
     inp_dim = input.dim()
     if inp_dim not in (4, 5):
@@ -192,6 +197,7 @@ def dropout3d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=Non
 
 # ---- alpha dropout ---------------------------------------------------------------------------
 
+@ops.not_scriptable
 def alpha_dropout(input, p=P_DEFAULT, training=False, inplace=False, *, keep_prob=None, seed=None, offset=0,
                   generator=None, backend="auto"):
     """Drop-in for ``torch.nn.functional.alpha_dropout`` (for SELU networks).
@@ -201,22 +207,30 @@ def alpha_dropout(input, p=P_DEFAULT, training=False, inplace=False, *, keep_pro
     Rounded as PyTorch rounds it; p == 1 gives zeros, as PyTorch does.
     """
     p = resolve_p(p, keep_prob)
+    if has_torch_function_unary(input):
+        return handle_torch_function(alpha_dropout, (input,), input, p, training, inplace, seed=seed, offset=offset,
+                                     generator=generator, backend=backend)
     seed, offset = check_call_args(training, seed, offset, generator, backend, "alpha_dropout")
     if not training or p == 0.0:
         return input
     return _masked(input, p, None, inplace, seed, offset, generator, backend, alpha=True, name="alpha_dropout")
 
 
+@ops.not_scriptable
 def feature_alpha_dropout(input, p=P_DEFAULT, training=False, inplace=False, *, keep_prob=None, seed=None,
                           offset=0, generator=None, backend="auto"):
     """Drop-in for ``torch.nn.functional.feature_alpha_dropout``: alpha dropout of whole channels."""
     p = resolve_p(p, keep_prob)
+    if has_torch_function_unary(input):
+        return handle_torch_function(feature_alpha_dropout, (input,), input, p, training, inplace, seed=seed,
+                                     offset=offset, generator=generator, backend=backend)
     return _feature(input, p, training, inplace, seed, offset, generator, backend, alpha=True,
                     name="feature_alpha_dropout")
 
 
 # ---- stochastic depth -----------------------------------------------------------------------
 
+@ops.not_scriptable
 def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True, *, seed=None, offset=0, generator=None,
               backend="auto"):
     """Drop-in for timm's ``drop_path``: drops whole samples (dim 0) of a residual branch.
@@ -224,6 +238,9 @@ def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True, *, seed=None
     Kept samples are scaled by 1/(1 - drop_prob) when ``scale_by_keep``.
     """
     p = contract.check_p(drop_prob)
+    if has_torch_function_unary(x):
+        return handle_torch_function(drop_path, (x,), x, p, training, scale_by_keep, seed=seed, offset=offset,
+                                     generator=generator, backend=backend)
     seed, offset = check_call_args(training, seed, offset, generator, backend, "drop_path")
     if p == 0.0 or not training:
         return x
@@ -261,6 +278,10 @@ class _DropoutAdd(torch.autograd.Function):
 
 def _dropout_add(x, bias, residual, p, training, seed, offset, generator, backend, name):
     p = contract.check_p(p)
+    if has_torch_function((x, bias, residual)):
+        fn, args = (dropout_add, (x, residual)) if bias is None else (bias_dropout_add, (x, bias, residual))
+        return handle_torch_function(fn, (x, bias, residual), *args, p, training, seed=seed, offset=offset,
+                                     generator=generator, backend=backend)
     seed, offset = check_call_args(training, seed, offset, generator, backend, name)
     for arg, t in (("x", x), ("residual", residual)) + ((("bias", bias),) if bias is not None else ()):
         if not isinstance(t, torch.Tensor):
@@ -279,6 +300,12 @@ def _dropout_add(x, bias, residual, p, training, seed, offset, generator, backen
         raise ValueError(f"{name}(): x, bias and residual must be on one device")
     if not training or p == 0.0 or x.numel() == 0:
         return residual + (x if bias is None else x + bias)
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
+            or _fwd._current_level >= 0):
+        # Graphs and transforms take the composite: the same mask (dropout's, for the same seed
+        # and offset) through the one masked path, with the unfused expression's rounding.
+        return residual + masked(x if bias is None else x + bias, p, None, False, seed, offset, generator, backend,
+                                 scale=scale_of(p), name=name)
     backend = resolve_backend(backend, x.device)
     if backend == "meta":
         return torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -287,6 +314,7 @@ def _dropout_add(x, bias, residual, p, training, seed, offset, generator, backen
     return _DropoutAdd.apply(x, bias, residual, mask)
 
 
+@ops.not_scriptable
 def dropout_add(x, residual, p=0.5, training=True, *, seed=None, offset=0, generator=None, backend="auto"):
     """``residual + dropout(x, p)`` in one pass: reads x and residual once, writes one output.
 
@@ -297,6 +325,7 @@ def dropout_add(x, residual, p=0.5, training=True, *, seed=None, offset=0, gener
     return _dropout_add(x, None, residual, p, training, seed, offset, generator, backend, "dropout_add")
 
 
+@ops.not_scriptable
 def bias_dropout_add(x, bias, residual, p=0.5, training=True, *, seed=None, offset=0, generator=None,
                      backend="auto"):
     """``residual + dropout(x + bias, p)`` in one pass (Megatron's pattern); bias is (x.shape[-1],).

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from . import _jit, contract
+from . import _jit, contract, ops
 from ._dispatch import P_DEFAULT, resolve_p, scale_of
 from ._masked import check_call_args, masked
 
+@ops.not_scriptable
 def dropout(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None, noise_shape=None, seed=None,
             offset=0, generator=None, backend="auto"):
     """Drop-in for ``torch.nn.functional.dropout`` with a reproducible, seed-driven mask.
@@ -20,6 +22,9 @@ def dropout(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None,
     device, or from ``generator``.
     """
     p = resolve_p(p, keep_prob)
+    if has_torch_function_unary(input):  # FX proxies and tensor subclasses get the call, as with F.dropout
+        return handle_torch_function(dropout, (input,), input, p, training, inplace, noise_shape=noise_shape,
+                                     seed=seed, offset=offset, generator=generator, backend=backend)
     if noise_shape is not None:
         from .family import noise_dropout  # the family builds on this module
         return noise_dropout(input, p, noise_shape, training, inplace, seed=seed, offset=offset,

@@ -2,14 +2,16 @@
 
 Each subclasses its torch.nn counterpart (same ``__constants__``, ``extra_repr``, p check),
 so code that looks for ``nn.Dropout`` instances still finds them. ``keep_prob`` is the
-TensorFlow spelling of ``1 - p``.
+TensorFlow spelling of ``1 - p``. Under ``torch.jit.script`` each forward runs the
+registered operator (``ops.scripted``), with a seed drawn per run.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from . import family
+from . import family, ops
 from . import functional as F
 from ._dispatch import P_DEFAULT, resolve_p
 
@@ -21,6 +23,8 @@ class Dropout(nn.Dropout):
         super().__init__(resolve_p(p, keep_prob), inplace)
 
     def forward(self, input):
+        if torch.jit.is_scripting():
+            return ops.scripted(input, self.p, self.training, self.inplace, "dropout")
         return F.dropout(input, self.p, self.training, self.inplace)
 
 
@@ -31,6 +35,8 @@ class Dropout1d(nn.Dropout1d):
         super().__init__(resolve_p(p, keep_prob), inplace)
 
     def forward(self, input):
+        if torch.jit.is_scripting():
+            return ops.scripted(input, self.p, self.training, self.inplace, "dropout1d")
         return family.dropout1d(input, self.p, self.training, self.inplace)
 
 
@@ -41,6 +47,8 @@ class Dropout2d(nn.Dropout2d):
         super().__init__(resolve_p(p, keep_prob), inplace)
 
     def forward(self, input):
+        if torch.jit.is_scripting():
+            return ops.scripted(input, self.p, self.training, self.inplace, "dropout2d")
         return family.dropout2d(input, self.p, self.training, self.inplace)
 
 
@@ -51,6 +59,8 @@ class Dropout3d(nn.Dropout3d):
         super().__init__(resolve_p(p, keep_prob), inplace)
 
     def forward(self, input):
+        if torch.jit.is_scripting():
+            return ops.scripted(input, self.p, self.training, self.inplace, "dropout3d")
         return family.dropout3d(input, self.p, self.training, self.inplace)
 
 
@@ -61,6 +71,8 @@ class AlphaDropout(nn.AlphaDropout):
         super().__init__(resolve_p(p, keep_prob), inplace)
 
     def forward(self, input):
+        if torch.jit.is_scripting():
+            return ops.scripted(input, self.p, self.training, False, "alpha")
         return family.alpha_dropout(input, self.p, self.training)
 
 
@@ -71,6 +83,8 @@ class FeatureAlphaDropout(nn.FeatureAlphaDropout):
         super().__init__(resolve_p(p, keep_prob), inplace)
 
     def forward(self, input):
+        if torch.jit.is_scripting():
+            return ops.scripted(input, self.p, self.training, False, "feature_alpha")
         return family.feature_alpha_dropout(input, self.p, self.training)
 
 
@@ -88,6 +102,8 @@ class DropPath(nn.Module):
         self.scale_by_keep = scale_by_keep
 
     def forward(self, x):
+        if torch.jit.is_scripting():
+            return ops.scripted(x, self.drop_prob, self.training, False, "drop_path", self.scale_by_keep)
         return family.drop_path(x, self.drop_prob, self.training, self.scale_by_keep)
 
     def extra_repr(self) -> str:
@@ -112,6 +128,8 @@ class NoiseDropout(nn.Module):
         self.inplace = inplace
 
     def forward(self, input):
+        if torch.jit.is_scripting():
+            return ops.scripted(input, self.p, self.training, self.inplace, "dropout", True, self.noise_shape)
         return F.dropout(input, self.p, self.training, self.inplace, noise_shape=self.noise_shape)
 
     def extra_repr(self) -> str:

@@ -1,29 +1,37 @@
-"""fastdrop as a torch.library operator, the form torch.compile traces without graph breaks.
+"""fastdrop as a torch.library operator: the form compiled graphs, jit.trace and jit.script record.
 
 The seed travels as a 1-element int64 tensor (its bits reinterpreted as signed) on the
-input's device, so a compiled graph draws it at run time from PyTorch's generator instead
-of baking it in. Eager calls skip this layer: an autograd.Function is cheaper to dispatch.
+input's device, so a compiled graph or a trace draws it at run time from PyTorch's generator
+instead of baking it in. Eager calls skip this layer: an autograd.Function is cheaper to
+dispatch. A saved trace or script needs ``import fastdrop`` before ``torch.jit.load``.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import List, Optional, Tuple
 
 import torch
 
 from . import contract
-from ._dispatch import apply_mask
-
+from ._dispatch import apply_mask, resolve_backend
 
 @torch.library.custom_op("fastdrop::dropout", mutates_args=())
 def dropout_op(x: torch.Tensor, p: float, seed: torch.Tensor, offset: int, backend: str,
                noise_shape: Optional[list[int]], scale: float, affine: Optional[list[float]]) -> torch.Tensor:
-    """keep ? x * scale (+ add) : (0 or drop) by the mask contract; ``offset`` holds signed bits."""
+    """keep ? x * scale (+ add) : (0 or drop) by the mask contract; ``offset`` holds signed bits.
+
+    ``backend`` is resolved here, on the tensor that arrives: a trace made on one device runs
+    on another.
+    """
+    if noise_shape is not None:  # -1: the input's size (a trace follows the input's shape)
+        noise_shape = tuple(x.shape[d] if s < 0 else s for d, s in enumerate(noise_shape))
+    offset = contract.check_offset(offset % contract.UINT64, x.numel() if noise_shape is None else
+                                   math.prod(noise_shape))
     # A seed on the GPU stays there (the kernel reads it): no host sync, and CUDA graphs work.
     key = int(seed.item()) % contract.UINT64 if seed.device.type == "cpu" else seed
-    return apply_mask(x, torch.empty_like(x), p, key, offset % contract.UINT64, backend,
-                      noise_shape=None if noise_shape is None else tuple(noise_shape), scale=scale,
-                      affine=None if affine is None else tuple(affine))
+    return apply_mask(x, torch.empty_like(x), p, key, offset, resolve_backend(backend, x.device),
+                      noise_shape=noise_shape, scale=scale, affine=None if affine is None else tuple(affine))
 
 
 @dropout_op.register_fake
@@ -46,14 +54,91 @@ dropout_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def traced_dropout(x, p, inplace, seed, offset, backend, noise_shape, scale, affine):
-    """The compiled-graph path: the seed is a graph value, not a constant."""
+    """The compiled-graph and jit.trace path: the seed is a graph value, not a constant."""
     if seed is None:
         # Traced as a random op of the graph, so each run draws anew and torch.manual_seed
         # reproduces it. 62 bits keep the bound inside every backend's randint.
         seed_t = torch.randint(0, 1 << 62, (1,), dtype=torch.int64, device=x.device)
     else:
         seed_t = torch.tensor([contract.signed64(seed)], dtype=torch.int64, device=x.device)
-    y = dropout_op(x, p, seed_t, contract.signed64(offset), backend,
-                   None if noise_shape is None else list(noise_shape), scale,
+    if noise_shape is not None:
+        # Under jit.trace, sizes taken from the input are tensors: they follow the input's shape.
+        noise_shape = [-1 if isinstance(s, torch.Tensor) else s for s in noise_shape]
+    y = dropout_op(x, p, seed_t, contract.signed64(offset), backend, noise_shape, scale,
                    None if affine is None else list(affine))
     return x.copy_(y) if inplace else y
+
+
+# ---- TorchScript: what the modules' forward runs under torch.jit.script ------------------------
+
+def not_scriptable(fn):
+    """Mark a functional form: torch.jit.script of it (or of code calling it) says what to do."""
+    fn.__script_unsupported = (
+        f"fastdrop.{fn.__name__} takes keyword-only arguments, which TorchScript cannot compile. Script "
+        f"fastdrop's modules (their forward runs the fastdrop::dropout operator), or use torch.compile or "
+        f"torch.export for the functional API.")
+    return fn
+
+def alpha_constants(p: float, dtype: torch.dtype) -> Tuple[float, float, float]:
+    """(a, b_kept, b_dropped) in ``dtype``, rounded exactly as ATen's alpha dropout rounds them.
+
+    ATen: ``b = noise.add(-1).mul_(alpha * a).add_(alpha * a * p); noise.mul_(a)`` on the 0/1
+    noise, then ``y = x.mul(noise).add_(b)``. Running the same ops on a 0/1 tensor of the
+    input's dtype gives the very constants its noise holds.
+    """
+    alpha = 1.7580993408473766  # -alpha' in ATen: SELU's negative saturation value is -lambda * alpha
+    a = 1.0 / math.sqrt((alpha * alpha * p + 1) * (1 - p))
+    noise = torch.tensor([0.0, 1.0], dtype=dtype)
+    b = noise.add(-1).mul_(alpha * a).add_(alpha * a * p)
+    noise.mul_(a)
+    return float(noise[1]), float(b[1]), float(b[0])
+
+
+def scripted(x: torch.Tensor, p: float, training: bool, inplace: bool, kind: str, scale_by_keep: bool = True,
+             noise_shape: Optional[List[Optional[int]]] = None) -> torch.Tensor:
+    """A fastdrop module's forward in TorchScript: the operator, a seed drawn per run.
+
+    ``kind``: "dropout" (with ``noise_shape``: NoiseDropout), "dropout1d/2d/3d" (one bit per
+    (N, C); unbatched inputs one per C), "alpha", "feature_alpha", "drop_path". The module
+    checked p when it was built.
+    """
+    if not training or p == 0.0 or x.numel() == 0:
+        return x
+    noise: Optional[List[int]] = None
+    if noise_shape is not None:  # right-aligned, None entries take the input's size
+        lead = x.dim() - len(noise_shape)
+        if lead < 0:
+            raise ValueError("noise_shape has more dims than the input")
+        noise = [1] * lead
+        for i, s in enumerate(noise_shape):
+            size = x.shape[lead + i]
+            v = size if s is None else s
+            if v != 1 and v != size:
+                raise ValueError("noise_shape is not broadcastable to the input: each dim must be 1 or the "
+                                 "input's size")
+            noise.append(v)
+    scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
+    affine: Optional[List[float]] = None
+    if kind == "drop_path":
+        noise = [x.shape[0]] + [1] * (x.dim() - 1)
+        if not scale_by_keep:
+            scale = 1.0
+    elif kind.startswith("feature") or kind.startswith("dropout") and kind != "dropout":
+        # dropout1d/2d/3d: (N, C, ...) or unbatched (C, ...), as the eager functions decide
+        batched = not ((kind == "dropout1d" and x.dim() == 2) or (kind == "dropout3d" and x.dim() == 4))
+        if x.dim() < 2 and p < 1.0:
+            raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
+        if x.dim() >= 2:
+            if batched:
+                noise = [x.shape[0], x.shape[1]] + [1] * (x.dim() - 2)
+            else:
+                noise = [x.shape[0]] + [1] * (x.dim() - 1)
+    if kind.endswith("alpha") and p < 1.0:
+        a, add, drop = alpha_constants(p, x.dtype)
+        scale = a
+        affine = [add, drop]
+    seed = torch.randint(0, 1 << 62, [1], dtype=torch.int64, device=x.device)
+    y = torch.ops.fastdrop.dropout(x, p, seed, 0, "auto", noise, scale, affine)
+    if inplace:
+        return x.copy_(y)
+    return y
