@@ -29,7 +29,7 @@ VMAP_INPLACE_UNBATCHED = ("vmap: Cannot ask for different inplace randomness on 
                           "with functorch.")  # PyTorch's text
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # slots: built on every call, and cheap so
 class Mask:
     """Everything that decides a masked op, and nothing per element."""
 
@@ -70,12 +70,12 @@ class MaskedDropout(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return MaskedDropout.apply(grad, ctx.mask.linear(), False), None, None
+        return run(grad, ctx.mask.linear(), False), None, None
 
     @staticmethod
     def jvp(ctx, tangent, _mask, _inplace):
         # An in-place op updates its input's tangent in place.
-        return MaskedDropout.apply(tangent, ctx.mask.linear(), ctx.inplace)
+        return run(tangent, ctx.mask.linear(), ctx.inplace)
 
     @staticmethod
     def vmap(info, in_dims, x, mask, inplace):
@@ -96,6 +96,20 @@ class MaskedDropout(torch.autograd.Function):
         inner = replace(mask, noise_shape=(batch,) + sample)
         y = MaskedDropout.apply(xb, inner, inplace)
         return (x, bdim) if inplace else (y, 0)
+
+
+# Function.apply binds its arguments with inspect.signature on every call (about 20 us) when
+# setup_context is defined; outside torch.func the C++ apply below it does the same work.
+_base_apply = super(torch.autograd.Function, MaskedDropout).apply
+_transforms_active = torch._C._are_functorch_transforms_active
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
+def run(x, mask, inplace):
+    """MaskedDropout.apply(x, mask, inplace), without its per-call signature binding."""
+    if _transforms_active() or _wrapped(x):
+        return MaskedDropout.apply(x, mask, inplace)
+    return _base_apply(x, mask, inplace)
 
 
 def _vmap_levels():
@@ -218,7 +232,7 @@ def masked(input, p, noise_shape, inplace, seed, offset, generator, backend, *, 
                    affine=affine, name=name)
         return input.copy_(y) if inplace else y
     backend = resolve_backend(backend, input.device)
-    if torch._C._are_functorch_transforms_active():
+    if _transforms_active():
         if seed is not None:
             contract.check_offset(offset, count)
         return _transformed(input, p, noise_shape, inplace, seed, offset, generator, backend, scale, affine)
@@ -227,7 +241,7 @@ def masked(input, p, noise_shape, inplace, seed, offset, generator, backend, *, 
     seed, offset = seed_offset(seed, offset, count, p, input.device, generator, backend)
     mask = Mask(p, seed, offset, backend, noise_shape, scale, affine)
     if (torch.is_grad_enabled() and input.requires_grad) or _fwd._current_level >= 0:
-        return MaskedDropout.apply(input, mask, inplace)
+        return run(input, mask, inplace)
     y = mask.apply(input, input if inplace else torch.empty_like(input))
     if inplace and not input.is_inference():  # written outside autograd: tell it, as in-place ops do
         torch.autograd.graph.increment_version(input)

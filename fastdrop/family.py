@@ -28,7 +28,7 @@ from torch.overrides import handle_torch_function, has_torch_function, has_torch
 
 from . import contract, ops
 from ._dispatch import P_DEFAULT, apply_dropout_add, check_input, resolve_backend, resolve_p, scale_of
-from ._masked import Mask, MaskedDropout, check_call_args, masked, seed_offset
+from ._masked import Mask, check_call_args, masked, run, seed_offset
 
 
 @torch._dynamo.assume_constant_result  # depends on (p, dtype) only: a constant of a compiled graph
@@ -268,7 +268,7 @@ class _DropoutAdd(torch.autograd.Function):
     def backward(ctx, grad):
         gx = gb = gr = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            gx = MaskedDropout.apply(grad, ctx.mask, False)
+            gx = run(grad, ctx.mask, False)
         if ctx.needs_input_grad[1]:
             gb = gx.reshape(-1, gx.shape[-1]).sum(0)
         if ctx.needs_input_grad[2]:
