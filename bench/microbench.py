@@ -2,9 +2,12 @@
 
     python -m bench.microbench          # quick: a few sizes (CPU: float32 only)
     python -m bench.microbench --full   # every size 2^12.. (2^28 GPU, 2^24 CPU), all dtypes
+    python -m bench.microbench --full --record   # publish: into bench/results/
 
-Writes bench/results/<device>.csv (<device>-quick.csv for the quick run) and a plot next
-to it. Every provider's bandwidth uses the same byte count (see ``bytes_moved``).
+Writes <device>.csv (<device>-quick.csv for the quick run) and a plot next to it into
+bench/out/ (ignored by git), --out DIR, or with --record bench/results/, the tracked
+folder the README table is generated from. Every provider's bandwidth uses the same byte
+count (see ``bytes_moved``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ except ImportError:  # CPU-only installs without triton still run the CPU benchm
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # sweep order
 MODES = ("forward", "backward", "forward+backward")
 COMPILE_LIMIT_S = 30.0  # on CPU a slower inductor compile drops torch.compile from the run
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results"  # tracked: written only with --record
+OUT = Path(__file__).parent / "out"  # the default, ignored by git: a run leaves the checkout clean
 COLUMNS = ["device", "torch", "triton", "date", "threads", "dtype", "numel", "mode", "provider", "p",
            "median_ms", "p20_ms", "p80_ms", "gbps", "pct_roofline", "speedup_vs_eager",
            "saved_bytes_per_elem"]
@@ -234,7 +238,10 @@ def plot(rows, path: Path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="the whole sweep (all sizes and dtypes)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the CSV and plot")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, default=None, help="folder for the CSV and plot (default bench/out/)")
+    where.add_argument("--record", action="store_true",
+                       help="write into bench/results/, the published results the README table is made from")
     ap.add_argument("--p", type=float, default=0.5, help="drop probability (default 0.5)")
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds: start no new size after this (the CSV keeps what was measured)")
@@ -243,9 +250,10 @@ def main(argv=None):
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = device_name(device)
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = RESULTS if args.record else args.out or OUT
+    out.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9.-]+", "_", dev).strip("_") + ("" if args.full else "-quick")
-    csv_path = args.out / f"{stem}.csv"
+    csv_path = out / f"{stem}.csv"
     common = dict(device=dev, torch=torch.__version__, triton=getattr(triton, "__version__", "none"),
                   date=datetime.date.today().isoformat(), threads=torch.get_num_threads())
     print(f"{dev}: torch {common['torch']}, triton {common['triton']}, {common['threads']} threads, "
@@ -279,6 +287,7 @@ def main(argv=None):
     print(f"wrote {csv_path} ({len(rows)} rows) in {time.perf_counter() - start:.0f} s")
     if rows:
         plot(rows, csv_path.with_suffix(".png"))
+    print(f"tables: python -m bench.report {out}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Markdown performance tables from bench/results/*.csv.
 
-    python -m bench.report [DIR]              # print them
-    python -m bench.report --readme README.md # write them between README's markers
-
+    python -m bench.report [DIR]              # print them (default: bench/results/)
+    python -m bench.report bench/out          # the tables of your own `make bench` run
+    python -m bench.report --readme README.md # write bench/results/ tables between README's markers
 
 One table per device, at the largest size measured for each dtype and mode. A device's
 full run (<device>.csv) is used over its quick run (<device>-quick.csv).

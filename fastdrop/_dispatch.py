@@ -33,14 +33,17 @@ def resolve_p(p, keep_prob) -> float:
         return contract.check_p(p)
     if p is not P_DEFAULT:
         raise ValueError(f"give p or keep_prob, not both (got p={p}, keep_prob={keep_prob})")
-    if isinstance(keep_prob, bool) or not isinstance(keep_prob, (int, float)) or not 0.0 <= keep_prob <= 1.0:
-        raise ValueError(f"keep_prob has to be between 0 and 1, but got {keep_prob}")
-    return 1.0 - float(keep_prob)
+    return 1.0 - contract.check_p(keep_prob, name="keep_prob")  # what p accepts, named keep_prob
 
 
 def check_input(input, name="dropout"):
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{name}(): input must be a Tensor, but got {type(input).__name__}")
+    if input.is_nested:  # either layout: the contract indexes a dense shape, which they lack
+        raise TypeError(
+            f"{name}(): nested tensors are not supported, but got one with layout {input.layout}; apply "
+            f"{name} to a dense tensor, such as the packed values() of a jagged nested tensor"
+        )
     if input.layout != torch.strided:
         raise TypeError(f"{name}(): input must be a dense (strided) tensor, but got layout {input.layout}")
     if input.dtype not in FLOAT_DTYPES:

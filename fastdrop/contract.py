@@ -36,24 +36,28 @@ class NanProbabilityError(ValueError, RuntimeError):
     """p is NaN: PyTorch raises RuntimeError here (from ATen), other bad values ValueError."""
 
 
-def check_p(p) -> float:
-    """Validate a drop probability as torch.nn.functional.dropout does; return it as a float."""
+def check_p(p, name="p") -> float:
+    """Validate a drop probability as torch.nn.functional.dropout does; return it as a float.
+
+    ``name="keep_prob"`` runs the same checks on a keep probability, named so in the errors.
+    """
     if type(p) is float and 0.0 <= p <= 1.0:  # the common case, without the ABC checks below
         return p
+    what = "dropout probability" if name == "p" else name
     if isinstance(p, torch.Tensor):
         # Like PyTorch's argument parser: a 0-dim tensor without grad passes as a number.
         if p.dim() != 0 or p.requires_grad:
-            raise TypeError("dropout(): argument 'p' must be float, not Tensor "
+            raise TypeError(f"dropout(): argument '{name}' must be float, not Tensor "
                             "(a 0-dim tensor that does not require grad is accepted)")
         p = p.item()
     elif isinstance(p, np.generic):
         p = p.item()
     if not isinstance(p, numbers.Real):
-        raise TypeError(f"dropout probability must be a real number in [0, 1], but got {type(p).__name__} {p!r}")
+        raise TypeError(f"{what} must be a real number in [0, 1], but got {type(p).__name__} {p!r}")
     if math.isnan(p):
-        raise NanProbabilityError(f"dropout probability has to be between 0 and 1, but got {p}")
+        raise NanProbabilityError(f"{what} has to be between 0 and 1, but got {p}")
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        raise ValueError(f"{what} has to be between 0 and 1, but got {p}")
     return float(p)
 
 

@@ -71,7 +71,7 @@ def _resolve_noise_shape(noise_shape, shape) -> tuple:
 
 
 def _tensor(input, name):
-    if not isinstance(input, torch.Tensor):
+    if not isinstance(input, torch.Tensor) or input.is_nested:
         check_input(input, name)  # raises its TypeError
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
@@ -48,18 +50,31 @@ def dropout_mask(shape, p, *, seed, offset=0, device="cpu"):
 
 
 def philox(counter, key, rounds=contract.PHILOX_ROUNDS):
-    """Philox4x32 on int64 tensors holding uint32 values: counter (..., 4), key (2,) -> (..., 4)."""
-    counter, key = torch.as_tensor(counter), torch.as_tensor(key)
-    for name, t, shape_ok in (("counter", counter, counter.dim() >= 1 and counter.shape[-1] == 4),
-                              ("key", key, tuple(key.shape) == (2,))):
-        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-            raise TypeError(f"philox(): {name} must be an integer tensor, but got {t.dtype}")
-        if not shape_ok:
-            want = "(..., 4)" if name == "counter" else "(2,)"
-            raise ValueError(f"philox(): {name} must have shape {want}, but got {tuple(t.shape)}")
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= contract.UINT32):
-            raise ValueError(f"philox(): {name} values must be in [0, 2**32)")
-    c = counter.detach().cpu().numpy().astype(np.uint64)
-    k0, k1 = (int(v) for v in key.tolist())
-    out = contract.philox_numpy(c[..., 0], c[..., 1], c[..., 2], c[..., 3], k0, k1, rounds)
-    return torch.from_numpy(np.stack(out, axis=-1).astype(np.int64)).to(counter.device)
+    """Philox4x32 on uint32 values: counter (..., 4), key (2,) -> (..., 4) as int64.
+
+    counter and key may be tensors, numpy arrays or lists of any integer dtype whose values
+    lie in [0, 2**32); ``rounds`` is the round count, 1..255 (Random123 defines 7 and 10).
+    """
+    if isinstance(rounds, (bool, np.bool_)) or not isinstance(rounds, numbers.Integral):
+        raise TypeError(f"philox(): rounds must be an int in [1, 255], but got {type(rounds).__name__} {rounds!r}")
+    if not 1 <= rounds <= 255:
+        raise ValueError(f"philox(): rounds must be in [1, 255] (Random123 defines 7 and 10), but got {rounds}")
+    device = counter.device if isinstance(counter, torch.Tensor) else torch.device("cpu")
+    arrays = []
+    for name, v, want in (("counter", counter, "(..., 4)"), ("key", key, "(2,)")):
+        # Through numpy, which orders and compares every integer dtype (torch lacks min/max
+        # for its unsigned dtypes beyond uint8).
+        a = v.detach().cpu().resolve_neg().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+        big_ints = a.dtype == object and all(isinstance(e, numbers.Integral) and not isinstance(e, bool)
+                                             for e in a.flat)  # Python ints past 2**64: the range check names them
+        if a.dtype.kind not in "iu" and not big_ints:
+            raise TypeError(f"philox(): {name} must hold integers (any signed or unsigned integer dtype), "
+                            f"but got {v.dtype if isinstance(v, torch.Tensor) else a.dtype}")
+        if not (a.shape[-1:] == (4,) if name == "counter" else a.shape == (2,)):
+            raise ValueError(f"philox(): {name} must have shape {want}, but got {tuple(a.shape)}")
+        if a.size and (a.min() < 0 or a.max() > contract.UINT32 - 1):
+            raise ValueError(f"philox(): {name} values must be in [0, 2**32), but got {a.min()}..{a.max()}")
+        arrays.append(a.astype(np.uint64))
+    c, (k0, k1) = arrays[0], (int(k) for k in arrays[1])
+    out = contract.philox_numpy(c[..., 0], c[..., 1], c[..., 2], c[..., 3], k0, k1, int(rounds))
+    return torch.from_numpy(np.stack(out, axis=-1).astype(np.int64)).to(device)

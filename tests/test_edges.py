@@ -1,0 +1,218 @@
+"""Rough edges a new user meets: keep_prob's checks, the philox helper's inputs, nested
+tensors, where the benchmark writes, and loading a torch.export archive."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fastdrop
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---- keep_prob accepts exactly what p accepts --------------------------------------------
+
+VALUES = [0.75, 1, 0, True, False, Fraction(3, 4), np.float32(0.75), np.float64(0.25), np.int64(1),
+          torch.tensor(0.75), torch.tensor(0.25, dtype=torch.float64),  # valid for both
+          1.5, -0.1, float("nan"), torch.tensor(1.5), np.float32(-1.0), "0.7", np.array(0.7), [0.7],
+          torch.tensor([0.7]), torch.tensor(0.7, requires_grad=True)]
+
+
+def _as_keep_prob_error(text):
+    return text.replace("dropout probability", "keep_prob").replace("argument 'p'", "argument 'keep_prob'")
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_keep_prob_accepts_what_p_accepts(value):
+    x = torch.randn(4096)
+    try:
+        by_p = fastdrop.dropout(x, p=value, seed=5)
+    except (TypeError, ValueError, RuntimeError) as e:
+        with pytest.raises(type(e), match=re.escape(_as_keep_prob_error(str(e)))) as got:
+            fastdrop.dropout(x, keep_prob=value, seed=5)
+        assert type(got.value) is type(e) and "keep_prob" in str(got.value)
+        with pytest.raises(type(e), match=re.escape(_as_keep_prob_error(str(e)))):
+            fastdrop.Dropout(keep_prob=value)
+        return
+    keep = float(value.item() if isinstance(value, (torch.Tensor, np.generic)) else value)
+    by_keep = fastdrop.dropout(x, p=1.0 - keep, seed=5)  # the same mask as p = 1 - keep_prob
+    assert torch.equal(fastdrop.dropout(x, keep_prob=value, seed=5), by_keep)
+    assert fastdrop.Dropout(keep_prob=value).p == 1.0 - keep
+    if keep in (0.0, 1.0):
+        assert torch.equal(by_p, x if not keep else torch.zeros_like(x))  # p is the complement here
+
+
+@pytest.mark.parametrize("value, exc, text", [
+    (torch.tensor(1.5), ValueError, "keep_prob has to be between 0 and 1, but got 1.5"),
+    (float("nan"), ValueError, "keep_prob has to be between 0 and 1, but got nan"),
+    ("0.7", TypeError, "keep_prob must be a real number in [0, 1], but got str '0.7'"),
+    (torch.tensor([0.7]), TypeError, "dropout(): argument 'keep_prob' must be float, not Tensor "
+                                     "(a 0-dim tensor that does not require grad is accepted)"),
+])
+def test_keep_prob_error_names_it(value, exc, text):
+    for fn in (lambda: fastdrop.dropout(torch.ones(3), keep_prob=value), lambda: fastdrop.Dropout(keep_prob=value),
+               lambda: fastdrop.dropout2d(torch.ones(2, 2, 2), keep_prob=value)):
+        with pytest.raises(exc) as got:
+            fn()
+        assert str(got.value) == text
+
+
+def test_keep_prob_tensor_is_its_value():
+    x = torch.randn(4096)
+    y = fastdrop.dropout(x, keep_prob=torch.tensor(0.7), seed=9)  # rejected as "0.699999988" before
+    assert torch.equal(y, fastdrop.dropout(x, 1 - torch.tensor(0.7).item(), seed=9))
+
+
+# ---- philox: any integer dtype that holds the values; rounds 1..255 ------------------------
+
+COUNTER, KEY = [[0, 1, 2, 3], [2**32 - 1, 7, 2**31, 0]], [0xA4093822, 0x299F31D0]
+
+
+@pytest.mark.parametrize("dtype", [torch.uint32, torch.uint64, np.uint32, np.uint64, np.int64, "list"], ids=str)
+def test_philox_any_integer_dtype(dtype):
+    want = fastdrop.philox(torch.tensor(COUNTER), torch.tensor(KEY))
+    if dtype == "list":
+        c, k = COUNTER, KEY
+    elif isinstance(dtype, torch.dtype):
+        c, k = torch.tensor(COUNTER, dtype=dtype), torch.tensor(KEY, dtype=dtype)
+    else:
+        c, k = np.array(COUNTER, dtype=dtype), np.array(KEY, dtype=dtype)
+    got = fastdrop.philox(c, k)
+    assert got.dtype == torch.int64 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32, np.uint16])
+def test_philox_small_integer_dtypes(dtype):
+    c, k = [[1, 2, 3, 4]], [5, 6]
+    want = fastdrop.philox(torch.tensor(c), torch.tensor(k))
+    if isinstance(dtype, torch.dtype):
+        got = fastdrop.philox(torch.tensor(c, dtype=dtype), torch.tensor(k, dtype=dtype))
+    else:
+        got = fastdrop.philox(np.array(c, dtype=dtype), np.array(k, dtype=dtype))
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("counter, exc, text", [
+    (torch.tensor([1, 2, 3, 2**32], dtype=torch.uint64), ValueError,
+     "philox(): counter values must be in [0, 2**32), but got 1..4294967296"),
+    (np.array([1, 2, 3, 2**32], dtype=np.uint64), ValueError,
+     "philox(): counter values must be in [0, 2**32), but got 1..4294967296"),
+    ([1, 2, 3, 2**64], ValueError, "philox(): counter values must be in [0, 2**32), but got 1..18446744073709551616"),
+    (torch.tensor([1, 2, 3, -1], dtype=torch.int8), ValueError,
+     "philox(): counter values must be in [0, 2**32), but got -1..3"),
+    (torch.tensor([1.0, 2, 3, 4]), TypeError,
+     "philox(): counter must hold integers (any signed or unsigned integer dtype), but got torch.float32"),
+    (np.ones(4, dtype=bool), TypeError,
+     "philox(): counter must hold integers (any signed or unsigned integer dtype), but got bool"),
+    (torch.tensor([1, 2, 3]), ValueError, "philox(): counter must have shape (..., 4), but got (3,)"),
+])
+def test_philox_rejects_bad_counter(counter, exc, text):
+    with pytest.raises(exc) as got:
+        fastdrop.philox(counter, torch.tensor(KEY))
+    assert str(got.value) == text
+
+
+@pytest.mark.parametrize("rounds, exc, text", [
+    (0, ValueError, "philox(): rounds must be in [1, 255] (Random123 defines 7 and 10), but got 0"),
+    (-1, ValueError, "philox(): rounds must be in [1, 255] (Random123 defines 7 and 10), but got -1"),
+    (256, ValueError, "philox(): rounds must be in [1, 255] (Random123 defines 7 and 10), but got 256"),
+    (10.0, TypeError, "philox(): rounds must be an int in [1, 255], but got float 10.0"),
+    (True, TypeError, "philox(): rounds must be an int in [1, 255], but got bool True"),
+    (None, TypeError, "philox(): rounds must be an int in [1, 255], but got NoneType None"),
+])
+def test_philox_rejects_bad_rounds(rounds, exc, text):
+    with pytest.raises(exc) as got:
+        fastdrop.philox(torch.tensor(COUNTER), torch.tensor(KEY), rounds=rounds)
+    assert str(got.value) == text
+
+
+def test_philox_rounds_bounds_are_variants():
+    c, k = torch.tensor(COUNTER), torch.tensor(KEY)
+    one, ten, top = (fastdrop.philox(c, k, rounds=r) for r in (1, np.int64(10), 255))
+    assert torch.equal(ten, fastdrop.philox(c, k)) and not torch.equal(one, ten) and not torch.equal(top, ten)
+    assert not torch.equal(one, c)  # a round changes the counter (rounds=0 used to return it unchanged)
+
+
+# ---- nested tensors: both layouts refused with one TypeError --------------------------------
+
+ENTRY_POINTS = {
+    "dropout": lambda t: fastdrop.dropout(t, 0.5),
+    "noise_dropout": lambda t: fastdrop.dropout(t, 0.5, noise_shape=(1, 1, 3)),
+    "dropout1d": lambda t: fastdrop.dropout1d(t, 0.5),
+    "alpha_dropout": lambda t: fastdrop.alpha_dropout(t, 0.5, True),
+    "drop_path": lambda t: fastdrop.DropPath(0.5)(t),
+    "dropout_add": lambda t: fastdrop.dropout_add(t, t, 0.5),
+}
+
+
+@pytest.mark.parametrize("layout", [torch.strided, torch.jagged], ids=str)
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_nested_tensors_refused(layout, name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the nested API warns that it is a prototype
+        nt = torch.nested.nested_tensor([torch.randn(2, 3), torch.randn(4, 3)], layout=layout)
+    with pytest.raises(TypeError) as got:
+        ENTRY_POINTS[name](nt)
+    assert str(got.value) == (
+        f"{name}(): nested tensors are not supported, but got one with layout {layout}; apply {name} to a "
+        f"dense tensor, such as the packed values() of a jagged nested tensor")
+
+
+def test_nested_jagged_values_workaround():
+    nt = torch.nested.nested_tensor([torch.randn(2, 3), torch.randn(4, 3)], layout=torch.jagged)
+    out = torch.nested.nested_tensor_from_jagged(fastdrop.dropout(nt.values(), 0.5, seed=3), nt.offsets())
+    keep = fastdrop.dropout_mask(nt.values().shape, 0.5, seed=3)
+    assert torch.equal(out.values(), torch.where(keep, nt.values() * 2, 0))
+
+
+# ---- the benchmark writes into an ignored folder unless told to record ---------------------
+
+def test_bench_default_output_is_ignored_by_git():
+    from bench import microbench
+    assert microbench.OUT == REPO / "bench" / "out" and microbench.RESULTS == REPO / "bench" / "results"
+    assert "bench/out/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+@pytest.mark.parametrize("argv, where", [([], "OUT"), (["--record"], "RESULTS"), (["--out", "mine"], "mine")])
+def test_bench_output_folder(argv, where, tmp_path, monkeypatch, capsys):
+    from bench import microbench
+    monkeypatch.setattr(microbench, "OUT", tmp_path / "OUT")
+    monkeypatch.setattr(microbench, "RESULTS", tmp_path / "RESULTS")
+    monkeypatch.setattr(microbench, "sweep", lambda device, full: [])  # no sizes: only the files
+    monkeypatch.chdir(tmp_path)
+    microbench.main(argv)
+    assert [p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*.csv")] == [where]
+    shown = Path(where) if where == "mine" else tmp_path / where
+    assert f"tables: python -m bench.report {shown}\n" in capsys.readouterr().out
+
+
+def test_bench_record_and_out_conflict(capsys):
+    from bench import microbench
+    with pytest.raises(SystemExit):
+        microbench.main(["--record", "--out", "x"])
+    assert "argument --out: not allowed with argument --record" in capsys.readouterr().err
+
+
+# ---- torch.export: the archive needs fastdrop imported before loading ----------------------
+
+def test_export_load_needs_import(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), fastdrop.Dropout(0.5))
+    path, x = tmp_path / "model.pt2", torch.randn(64, 4)
+    torch.export.save(torch.export.export(model, (x,)), path)
+    code = f"import torch; torch.export.load({str(path)!r})"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "RuntimeError: We ran into an error when deserializing the saved file." in run.stderr
+    assert "torch.ops.fastdrop.dropout.default" in run.stderr  # the warning above it names the operator
+    loaded = torch.export.load(path).module()  # fastdrop is imported here: it loads and runs
+    y, dense = loaded(x), model[0](x).detach()
+    assert torch.all((y == 0) | torch.isclose(y, 2 * dense)) and 0 < int((y == 0).sum()) < y.numel()
