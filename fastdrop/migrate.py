@@ -48,7 +48,8 @@ _THIRD_PARTY = {
         ("drop_prob",), lambda m: DropPath(m.drop_prob, getattr(m, "scale_by_keep", True))),
 }
 
-SDPA_FUSED = "p goes to scaled_dot_product_attention(dropout_p=...): stays fused in the attention kernel"
+FUSED = "stays fused in the attention kernel"
+SDPA_FUSED = f"p goes to scaled_dot_product_attention(dropout_p=...): {FUSED}"
 PATCHED_NOTE = "routed to fastdrop by fastdrop.patch()"
 
 
@@ -98,13 +99,13 @@ class ReportLine:
     """One class of module in a model: what fastdrop did with it, or why not."""
 
     cls: str  # the class as found in the model, qualified
-    action: str  # "replaced", "fastdrop" (already fastdrop's) or "left"
+    action: str  # "replaced", "fastdrop" (already fastdrop's), "left" or "unused" (not called)
     names: tuple  # qualified names of its modules in the model ("" is the model itself)
     detail: str  # the fastdrop class it became, or why it was left alone
 
     def __str__(self) -> str:
-        what = {"replaced": f"-> {self.detail}", "fastdrop": "fastdrop's", "left": f"left: {self.detail}"}
-        return f"{self.action:8} {len(self.names):4} x {self.cls} {what[self.action]}"
+        what = {"replaced": f"-> {self.detail}", "fastdrop": "fastdrop's"}.get(self.action, self.detail)
+        return f"{self.action:8} {len(self.names):4} x {self.cls} {what}"
 
 
 class DropoutReport(tuple):
@@ -134,17 +135,110 @@ def _report(found) -> DropoutReport:
                          for (cls, action, detail), names in lines.items())
 
 
-def dropout_report(model: nn.Module) -> DropoutReport:
+def dropout_report(model: nn.Module, *example_args, **example_kwargs) -> DropoutReport:
     """What ``model`` holds: fastdrop's modules, modules ``replace_dropout`` would swap
     (action "replaced", detail their fastdrop class), and modules whose dropout stays with
-    PyTorch or needs ``fastdrop.patch()``, with the reason."""
+    PyTorch or needs ``fastdrop.patch()``, with the reason.
+
+    Given example inputs, it also runs one training forward of ``model(*example_args,
+    **example_kwargs)`` (under no_grad; training modes, buffers and the RNG state are put
+    back) and adds what only a run shows, per calling class: dropout called as a function
+    (action "left": PyTorch's unless patched), ``scaled_dot_product_attention(dropout_p > 0)``
+    (action "left": fused in the attention kernel) and dropout modules never called
+    (action "unused", as when their p goes to scaled_dot_product_attention instead).
+    """
     found = []
     for name, m in model.named_modules():
         c = _classify(m)
         if c is not None:
             action, detail, _ = c
             found.append((name, "replaced" if action == "replace" else action, type(m), detail))
+    if example_args or example_kwargs:
+        found += _observe(model, example_args, example_kwargs)
     return _report(found)
+
+
+_FUNCTIONAL_DROPOUT = {getattr(torch.nn.functional, n) for n in (
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout")} | {
+    getattr(torch, n + s) for n in ("dropout", "alpha_dropout", "feature_alpha_dropout", "feature_dropout")
+    for s in ("", "_")}
+
+
+def _p_of(func, args, kwargs):
+    """(p, training) of a functional dropout call, with PyTorch's names and defaults."""
+    if func.__module__ == "torch":  # the bindings: (input, p, train), all required
+        names, defaults = ("p", "train"), (None, None)
+    else:
+        names = ("p", "training")
+        defaults = (0.5, func.__name__ not in ("alpha_dropout", "feature_alpha_dropout"))
+    p = args[1] if len(args) > 1 else kwargs.get(names[0], defaults[0])
+    training = args[2] if len(args) > 2 else kwargs.get(names[1], defaults[1])
+    return p, training
+
+
+class _Seen(torch.overrides.TorchFunctionMode):
+    """Functional dropout and SDPA calls, by the innermost module running."""
+
+    def __init__(self, stack):
+        super().__init__()
+        self.stack, self.calls = stack, {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        what = None
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            p = kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0)
+            if p > 0:
+                what = f"calls scaled_dot_product_attention(dropout_p={p}) in its forward: {FUSED}"
+        elif func in _FUNCTIONAL_DROPOUT:
+            p, training = _p_of(func, args, kwargs)
+            if training and p > 0:
+                what = (f"calls {func.__module__ or 'torch'}.{func.__name__}(p={p}) in its forward: PyTorch's "
+                        f"dropout; {PATCHED_NOTE}")
+        if what is not None and self.stack:
+            self.calls.setdefault(what, {})[self.stack[-1][0]] = self.stack[-1][1]
+        return func(*args, **kwargs)
+
+
+def _observe(model, args, kwargs):
+    names = {id(m): name for name, m in model.named_modules()}
+    stack, called, handles = [], set(), []
+
+    def pre(m, _):
+        stack.append((names[id(m)], m))
+        called.add(id(m))
+
+    def post(m, _, __):
+        stack.pop()
+
+    modes = {m: m.training for m in model.modules()}
+    buffers = {b: b.detach().clone() for b in model.buffers()}
+    devices = sorted({b.device.index or 0 for b in list(model.parameters()) + list(buffers)
+                      if b.device.type == "cuda"})
+    seen = _Seen(stack)
+    try:
+        for m in model.modules():
+            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post, always_call=True)]
+        model.train()
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), seen:
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+        with torch.no_grad():
+            for b, saved in buffers.items():
+                b.copy_(saved)
+    # Callers that are dropout modules themselves have their line already.
+    found = [(name, "left", type(m), what) for what, callers in seen.calls.items() for name, m in callers.items()
+             if _classify(m) is None]
+    for name, m in model.named_modules():
+        c = _classify(m)
+        if c is not None and c[0] != "left" and id(m) not in called:
+            found.append((name, "unused", type(m), "not called in a training forward: its parent uses its p "
+                                                  "elsewhere (in scaled_dot_product_attention, F.dropout) or not"))
+    return found
 
 
 def replace_dropout(model: nn.Module, *, report: bool = False):

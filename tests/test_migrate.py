@@ -193,6 +193,49 @@ def test_report_per_class():
     assert after.replaced == ()
 
 
+class SdpaAttention(nn.Module):  # the pattern of Hugging Face's sdpa attention: p read off a module
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+        self.dropout = nn.Dropout(0.1)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).unflatten(-1, (3, 2, 4)).transpose(1, -2).unbind(-3)
+        p = self.dropout.p if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2).flatten(-2)
+
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(5)
+
+    def forward(self, x):
+        return F.dropout(self.norm(x), 0.2, self.training) + F.dropout(x, 0.0, self.training)
+
+
+def test_report_of_a_training_forward():
+    model = nn.Sequential(SdpaAttention(), nn.Dropout(0.1), Head()).eval()
+    x = torch.randn(2, 5, 8)
+    stats = model[2].norm.running_mean.clone()
+    rng = torch.random.get_rng_state()
+    report = fastdrop.dropout_report(model, x)
+    assert not any(m.training for m in model.modules())  # modes, buffers, RNG put back
+    assert torch.equal(model[2].norm.running_mean, stats) and torch.equal(torch.random.get_rng_state(), rng)
+    lines = {(line.cls.rsplit(".", 1)[1], line.action): line for line in report}
+    assert lines.keys() == {("Dropout", "replaced"), ("SdpaAttention", "left"), ("Dropout", "unused"),
+                            ("Head", "left")}
+    assert lines["Dropout", "unused"].names == ("0.dropout",)
+    assert lines["SdpaAttention", "left"].detail == (
+        "calls scaled_dot_product_attention(dropout_p=0.1) in its forward: stays fused in the attention kernel")
+    assert lines["Head", "left"].names == ("2",) and "torch.nn.functional.dropout(p=0.2)" in lines["Head", "left"].detail
+    fastdrop.replace_dropout(model)
+    with fastdrop.patched():
+        after = fastdrop.dropout_report(model, x)
+    assert {(line.cls.rsplit(".", 1)[1], line.action) for line in after} == {
+        ("Dropout", "fastdrop"), ("SdpaAttention", "left"), ("Dropout", "unused")}
+
+
 def test_is_fastdrop():
     for m in (fastdrop.Dropout(), fastdrop.Dropout2d(), fastdrop.AlphaDropout(), fastdrop.DropPath(0.1),
               fastdrop.NoiseDropout(0.1), fastdrop.StochasticDepth(0.1, "row")):
