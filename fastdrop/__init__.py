@@ -10,8 +10,8 @@ from .modules import (AlphaDropout, Dropout, Dropout1d, Dropout2d, Dropout3d, Dr
 
 __all__ = [
     "AlphaDropout", "DropPath", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout",
-    "NoiseDropout", "StochasticDepth", "alpha_dropout", "bias_dropout_add", "contract", "drop_path", "dropout",
-    "dropout1d", "dropout2d", "dropout3d", "dropout_add", "dropout_mask", "dropout_report",
+    "NoiseDropout", "StochasticDepth", "alpha_dropout", "bias_dropout_add", "contract", "drop_path",
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "dropout_add", "dropout_mask", "dropout_report",
     "feature_alpha_dropout", "is_fastdrop", "noise_dropout", "patch", "patched", "philox", "replace_dropout",
     "unpatch",
 ]

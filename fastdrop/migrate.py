@@ -40,17 +40,22 @@ _SWAPS = {
 #     for the whole input; kept scaled by 1/(1-p); p == 1 gives zeros.
 #   timm DropPath(drop_prob, scale_by_keep=True): one bit per sample; kept scaled by
 #     1/(1-drop_prob) if scale_by_keep. Before timm 0.6 there was no scale_by_keep (it scaled).
-_THIRD_PARTY = {
-    "torchvision.ops.stochastic_depth.StochasticDepth": (("p", "mode"), lambda m: StochasticDepth(m.p, m.mode)),
-    "timm.layers.drop.DropPath": (
-        ("drop_prob",), lambda m: DropPath(m.drop_prob, getattr(m, "scale_by_keep", True))),
-    "timm.models.layers.drop.DropPath": (
-        ("drop_prob",), lambda m: DropPath(m.drop_prob, getattr(m, "scale_by_keep", True))),
+def _timm_drop_path(m):
+    return DropPath(m.drop_prob, getattr(m, "scale_by_keep", True))
+
+
+_THIRD_PARTY = {  # qualified name -> (fastdrop class, attributes read, build)
+    "torchvision.ops.stochastic_depth.StochasticDepth": (
+        StochasticDepth, ("p", "mode"), lambda m: StochasticDepth(m.p, m.mode)),
+    "timm.layers.drop.DropPath": (DropPath, ("drop_prob",), _timm_drop_path),
+    "timm.models.layers.drop.DropPath": (DropPath, ("drop_prob",), _timm_drop_path),
 }
 
 FUSED = "stays fused in the attention kernel"
 SDPA_FUSED = f"p goes to scaled_dot_product_attention(dropout_p=...): {FUSED}"
 PATCHED_NOTE = "routed to fastdrop by fastdrop.patch()"
+UNUSED = ("not called in a training forward: its parent uses its p elsewhere (scaled_dot_product_attention, "
+          "F.dropout) or not")
 
 
 def _qualname(cls) -> str:
@@ -74,12 +79,11 @@ def _classify(m):
     if cls in _SWAPS:
         return "replace", _qualname(_SWAPS[cls]), lambda: _SWAPS[cls](m.p, m.inplace)
     known = _THIRD_PARTY.get(_qualname(cls))
-    if known is not None and all(hasattr(m, a) for a in known[0]):
-        make = known[1]
-        return "replace", _qualname(type(make(m))), lambda: make(m)
+    if known is not None and all(hasattr(m, a) for a in known[1]):
+        return "replace", _qualname(known[0]), lambda: known[2](m)
     if isinstance(m, nn.modules.dropout._DropoutNd):
         base = next(c for c in cls.__mro__ if c in _SWAPS)
-        own = "with its own forward" if cls.forward is not base.forward else "(may hold more than p)"
+        own = "with its own forward" if cls.forward is not base.forward else "(it may add state or behaviour)"
         return "left", (f"a subclass of torch.nn.{base.__name__} {own}: not swapped; the F.* dropout its "
                         f"forward calls is {PATCHED_NOTE}"), None
     if cls.__name__ in ("DropPath", "StochasticDepth"):
@@ -87,7 +91,8 @@ def _classify(m):
                         f"fastdrop.DropPath / fastdrop.StochasticDepth are drop-ins for those"), None
     if isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
         return "left", (f"internal dropout p={m.dropout}: F.dropout when need_weights=True, {PATCHED_NOTE}; "
-                        f"with need_weights=False (as nn.TransformerEncoderLayer calls it) its {SDPA_FUSED}"), None
+                        "with need_weights=False (as nn.TransformerEncoderLayer calls it) its "
+                        f"{SDPA_FUSED}"), None
     if isinstance(m, nn.RNNBase) and m.dropout > 0:
         return "left", (f"dropout p={m.dropout} between layers runs inside ATen's fused {cls.__name__} op: "
                         "stays with PyTorch"), None
@@ -193,8 +198,8 @@ class _Seen(torch.overrides.TorchFunctionMode):
         elif func in _FUNCTIONAL_DROPOUT:
             p, training = _p_of(func, args, kwargs)
             if training and p > 0:
-                what = (f"calls {func.__module__ or 'torch'}.{func.__name__}(p={p}) in its forward: PyTorch's "
-                        f"dropout; {PATCHED_NOTE}")
+                what = (f"calls {func.__module__}.{func.__name__}(p={p}) in its forward: "
+                        f"PyTorch's dropout; {PATCHED_NOTE}")
         if what is not None and self.stack:
             self.calls.setdefault(what, {})[self.stack[-1][0]] = self.stack[-1][1]
         return func(*args, **kwargs)
@@ -231,13 +236,12 @@ def _observe(model, args, kwargs):
             for b, saved in buffers.items():
                 b.copy_(saved)
     # Callers that are dropout modules themselves have their line already.
-    found = [(name, "left", type(m), what) for what, callers in seen.calls.items() for name, m in callers.items()
-             if _classify(m) is None]
+    found = [(name, "left", type(m), what) for what, callers in seen.calls.items()
+             for name, m in callers.items() if _classify(m) is None]
     for name, m in model.named_modules():
         c = _classify(m)
         if c is not None and c[0] != "left" and id(m) not in called:
-            found.append((name, "unused", type(m), "not called in a training forward: its parent uses its p "
-                                                  "elsewhere (in scaled_dot_product_attention, F.dropout) or not"))
+            found.append((name, "unused", type(m), UNUSED))
     return found
 
 
