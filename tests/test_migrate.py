@@ -359,6 +359,18 @@ def _fastdrop_of(name):
             "feature_dropout_": lambda x: fastdrop.dropout(x, 0.4, noise_shape=(2, 3, 1))}[name]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_patch_routes_cuda_tensors(unpatched):
+    x = torch.randn(4, 3, 8, 8, device="cuda")
+    with fastdrop.patched(), count_dropout() as c:
+        torch.manual_seed(5)
+        got = [F.dropout(x, 0.3), torch.dropout(x, 0.3, True), F.dropout2d(x, 0.3)]
+    torch.manual_seed(5)
+    mine = [fastdrop.dropout(x, 0.3), fastdrop.dropout(x, 0.3), fastdrop.dropout2d(x, 0.3)]
+    assert all(torch.equal(a, b) for a, b in zip(got, mine))
+    assert dict(c.calls) == {"fastdrop": 3}
+
+
 def test_patch_leaves_what_fastdrop_does_not_run_to_pytorch(unpatched):
     class Sub(torch.Tensor):
         pass
