@@ -343,6 +343,21 @@ def _targets():
 
 _lock = threading.Lock()
 _patched = None  # the (module, name, original, routed) list while patched
+_wanted = {"patch": False, "blocks": 0}  # patch() on; patched() blocks running, in any thread
+
+
+def _sync() -> None:
+    global _patched
+    on = _wanted["patch"] or _wanted["blocks"] > 0
+    if on and _patched is None:
+        targets = _targets()
+        for mod, name, _, routed in targets:
+            setattr(mod, name, routed)
+        _patched = targets
+    elif not on and _patched is not None:
+        for mod, name, orig, _ in _patched:
+            setattr(mod, name, orig)
+        _patched = None
 
 
 def patch() -> None:
@@ -358,23 +373,17 @@ def patch() -> None:
     ``scaled_dot_product_attention``'s ``dropout_p`` (fused in the attention kernel) and the
     dropout inside ATen's RNN ops. Calling it again while patched does nothing.
     """
-    global _patched
     with _lock:
-        if _patched is None:
-            targets = _targets()
-            for mod, name, _, routed in targets:
-                setattr(mod, name, routed)
-            _patched = targets
+        _wanted["patch"] = True
+        _sync()
 
 
 def unpatch() -> None:
-    """Put PyTorch's own dropout functions back (the very objects ``patch()`` replaced)."""
-    global _patched
+    """Put PyTorch's own dropout functions back (the very objects ``patch()`` replaced), once
+    no ``patched()`` block is running."""
     with _lock:
-        if _patched is not None:
-            for mod, name, orig, _ in _patched:
-                setattr(mod, name, orig)
-            _patched = None
+        _wanted["patch"] = False
+        _sync()
 
 
 def is_patched() -> bool:
@@ -383,14 +392,17 @@ def is_patched() -> bool:
 
 @contextlib.contextmanager
 def patched():
-    """``with fastdrop.patched():`` patch() inside the block, the previous state after it.
+    """``with fastdrop.patched():`` the switch on inside the block.
 
-    The patch is process-wide: other threads see it while the block runs.
+    Process-wide: other threads see it while the block runs. After the block it is off
+    again, unless ``patch()`` turned it on or another block (in any thread) still runs.
     """
-    was = is_patched()
-    patch()
+    with _lock:
+        _wanted["blocks"] += 1
+        _sync()
     try:
         yield
     finally:
-        if not was:
-            unpatch()
+        with _lock:
+            _wanted["blocks"] -= 1
+            _sync()

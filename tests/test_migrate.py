@@ -324,6 +324,12 @@ def test_patch_off_is_pytorch(unpatched):
     assert all(current()[k] is not ORIGINALS[k] for k in ORIGINALS)
     fastdrop.unpatch()
     assert current() == ORIGINALS and pytorch_behaviour() == before
+    with fastdrop.patched():  # overlapping blocks (as from two threads): off when the last ends
+        inner = fastdrop.patched()
+        inner.__enter__()
+    assert all(current()[k] is not ORIGINALS[k] for k in ORIGINALS)
+    inner.__exit__(None, None, None)
+    assert current() == ORIGINALS
 
 
 @pytest.mark.parametrize("name", list(ROUTED))
