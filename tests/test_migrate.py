@@ -68,18 +68,34 @@ class TimmDropPath(nn.Module):
         return f'drop_prob={round(self.drop_prob,3):0.3f}'
 
 
+class FixedNoise(torch.overrides.TorchFunctionMode):
+    """Tensor.bernoulli_ fills in the given keep bits instead of drawing."""
+
+    def __init__(self, keep):
+        super().__init__()
+        self.keep = keep
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.bernoulli_:
+            return args[0].copy_(self.keep.reshape(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
 def as_real_class(cls, module, name):
     """The copy under the real class's qualified name: what replace_dropout recognises."""
     return type(name, (cls,), {"__module__": module, "__qualname__": name})
 
 
-STAND_INS = {"torchvision": as_real_class(TVStochasticDepth, "torchvision.ops.stochastic_depth", "StochasticDepth"),
-             "timm": as_real_class(TimmDropPath, "timm.layers.drop", "DropPath")}
+STAND_INS = {
+    "torchvision": as_real_class(TVStochasticDepth, "torchvision.ops.stochastic_depth", "StochasticDepth"),
+    "timm": as_real_class(TimmDropPath, "timm.layers.drop", "DropPath"),
+}
 
 
 def real_class(package):
     """The installed class, or a skip naming why it is not importable."""
-    module, name = {"torchvision": ("torchvision.ops", "StochasticDepth"), "timm": ("timm.layers", "DropPath")}[package]
+    module, name = {"torchvision": ("torchvision.ops", "StochasticDepth"),
+                    "timm": ("timm.layers", "DropPath")}[package]
     try:
         return getattr(importlib.import_module(module), name)
     except Exception as e:  # torchvision's wheel for another torch build fails with OSError/RuntimeError
@@ -110,12 +126,16 @@ def test_stochastic_depth_swaps_keep_semantics(package, args, real):
     assert (dropped.all(1) | ~dropped.any(1)).all()  # whole samples
     if package == "torchvision" and args[1] == "batch":
         assert dropped.all() or not dropped.any()
-        keep = torch.full((x.shape[0], 1, 1), not dropped.any())
+        keep = torch.full((1, 1, 1), not dropped.any())
     else:
         keep = ~dropped[:, :1].reshape(-1, 1, 1)
         n = x.shape[0]
         assert abs(binomial_z(int(dropped[:, 0].sum()), n, p)) < Z_BOUND if 0 < p < 1 else dropped.all()
-    # Kept samples: x times the scale rounded to x's dtype, as both references compute it.
+    # The reference's own forward, its Bernoulli draw replaced by fastdrop's keep bits, gives
+    # the very same values.
+    ref.train()
+    with FixedNoise(keep):
+        assert torch.equal(y, ref(x))
     scale = torch.tensor(1.0).div_(1 - p) if scaled and p < 1 else torch.tensor(1.0)
     assert torch.equal(y, x * (keep * scale))
     new.eval()
