@@ -1,4 +1,5 @@
-"""nn.Module forms: drop-ins for torch.nn's dropout modules, and the one-line migration.
+"""nn.Module forms: drop-ins for torch.nn's dropout modules (and timm's and torchvision's
+stochastic depth); ``fastdrop.migrate`` swaps them into a model.
 
 Each subclasses its torch.nn counterpart (same ``__constants__``, ``extra_repr``, p check),
 so code that looks for ``nn.Dropout`` instances still finds them. ``keep_prob`` is the
@@ -136,44 +137,27 @@ class NoiseDropout(nn.Module):
         return f"p={self.p}, noise_shape={self.noise_shape}, inplace={self.inplace}"
 
 
-# Exact torch.nn types only: a user subclass may have its own forward.
-_SWAPS = {
-    nn.Dropout: Dropout,
-    nn.Dropout1d: Dropout1d,
-    nn.Dropout2d: Dropout2d,
-    nn.Dropout3d: Dropout3d,
-    nn.AlphaDropout: AlphaDropout,
-    nn.FeatureAlphaDropout: FeatureAlphaDropout,
-}
+class StochasticDepth(nn.Module):
+    """Drop-in for torchvision's ``ops.StochasticDepth``: ``mode="row"`` drops whole samples
+    (one keep bit per sample, as ``DropPath``), ``mode="batch"`` the whole input (one bit).
 
-
-def replace_dropout(model: nn.Module) -> nn.Module:
-    """Swap every torch.nn dropout module in ``model`` for fastdrop's; returns the model.
-
-    Swaps ``nn.Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout`` and ``FeatureAlphaDropout``
-    (exact types), each keeping its p, inplace and training mode; a module shared by several
-    parents stays shared. ``model`` itself is returned swapped if it is one of them. Hooks
-    registered on the old modules are not carried over.
+    Kept inputs are scaled by 1/(1-p); ``p == 1`` gives zeros. ``p`` and ``mode`` are checked
+    in forward with torchvision's texts, as torchvision checks them.
     """
-    swapped = {}
 
-    def swap(m):
-        cls = _SWAPS.get(type(m))
-        if cls is None:
-            return m
-        if id(m) not in swapped:
-            new = cls(m.p, m.inplace)
-            new.train(m.training)
-            swapped[id(m)] = new
-        return swapped[id(m)]
+    def __init__(self, p: float, mode: str) -> None:
+        super().__init__()
+        self.p = p
+        self.mode = mode
 
-    root = swap(model)
-    if root is not model:
-        return root
-    for parent in list(model.modules()):
-        # _modules, not named_children(): that yields a child held twice by one parent once.
-        for name, child in list(parent._modules.items()):
-            new = swap(child)
-            if new is not child:
-                setattr(parent, name, new)
-    return model
+    def forward(self, input):
+        if not 0.0 <= self.p <= 1.0:  # torchvision's checks and texts, in its order
+            raise ValueError(f"drop probability has to be between 0 and 1, but got {self.p}")
+        if self.mode not in ("batch", "row"):
+            raise ValueError(f"mode has to be either 'batch' or 'row', but got {self.mode}")
+        if self.mode == "row":
+            return family.drop_path(input, self.p, self.training)
+        return family.noise_dropout(input, self.p, (1,) * input.dim(), self.training)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(p={self.p}, mode={self.mode})"
