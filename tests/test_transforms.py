@@ -477,3 +477,13 @@ def test_a_negative_view_is_resolved(inplace):
     assert torch.equal(y, expected)
     if inplace:
         assert y is neg and torch.equal(base, -expected)
+
+
+def test_dropout_add_compiles_without_graph_breaks():
+    x, r = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)
+    f = torch.compile(lambda a, b: fastdrop.bias_dropout_add(a, None, b, 0.3, seed=9), fullgraph=True,
+                      backend="aot_eager")
+    y = f(x, r)
+    torch.testing.assert_close(y, fastdrop.dropout(x, 0.3, seed=9) + r)
+    y.sum().backward()
+    assert torch.equal(x.grad, fastdrop.dropout_mask(x.shape, 0.3, seed=9) / 0.7)
