@@ -7,6 +7,7 @@ what decides the op, nothing per element.
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as _fwd
 
-from . import _rng, contract, ops
+from . import _rng, _sharded, contract, ops
 from ._dispatch import BACKENDS, apply_mask, check_input, resolve_backend
 
 INFERENCE_INPLACE = ("Inplace update to inference tensor outside InferenceMode is not allowed.You can make a "
@@ -43,12 +44,21 @@ class Mask:
     # torch.func.vmap levels active when the seed was drawn: ((level, randomness, batch size), ...).
     vmaps: tuple = ()
     pinned: bool = True  # the caller gave the seed
+    # A DTensor shard: (lead, offsets), one stream range per index over x's first ``lead`` dims
+    # (row-major), each over ``noise_shape`` (the trailing dims). See ``_sharded``.
+    rows: tuple | None = None
 
     def apply(self, x, y):
         if self.backend == "meta":  # a shape and no values: nothing to compute
             return y
-        return apply_mask(x, y, self.p, self.seed, self.offset, self.backend, noise_shape=self.noise_shape,
-                          scale=self.scale, affine=self.affine)
+        if self.rows is None:
+            return apply_mask(x, y, self.p, self.seed, self.offset, self.backend, noise_shape=self.noise_shape,
+                              scale=self.scale, affine=self.affine)
+        lead, offsets = self.rows
+        for idx, off in zip(itertools.product(*(range(s) for s in x.shape[:lead])), offsets):
+            apply_mask(x[idx], y[idx], self.p, self.seed, off, self.backend, noise_shape=self.noise_shape,
+                       scale=self.scale, affine=self.affine)
+        return y
 
     def linear(self):
         """The derivative's mask: keep * scale, the same bits without the affine part."""
@@ -221,6 +231,13 @@ def masked(input, p, noise_shape, inplace, seed, offset, generator, backend, *, 
     check_input(input, name)
     if input.numel() == 0:
         return input
+    if type(input) is not torch.Tensor and type(input) is not torch.nn.Parameter:
+        if _sharded.is_dtensor(input):
+            return _sharded.dtensor_masked(input, p, noise_shape, inplace, seed, offset, generator, backend, scale,
+                                           affine, name)
+        if _sharded.is_wrapper(input) and not torch.compiler.is_compiling():
+            return _sharded.wrapper_masked(input, p, noise_shape, inplace, seed, offset, generator, backend, scale,
+                                           affine)
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         if generator is not None:
             raise ValueError("generator= is not supported under torch.compile or torch.jit.trace: seed with "
@@ -239,7 +256,11 @@ def masked(input, p, noise_shape, inplace, seed, offset, generator, backend, *, 
     if inplace:
         check_writable(input)
     seed, offset = seed_offset(seed, offset, count, p, input.device, generator, backend)
-    mask = Mask(p, seed, offset, backend, noise_shape, scale, affine)
+    return run_mask(input, Mask(p, seed, offset, backend, noise_shape, scale, affine), inplace)
+
+
+def run_mask(input, mask, inplace):
+    """The masked op on a plain tensor: through autograd when it needs to see it."""
     if (torch.is_grad_enabled() and input.requires_grad) or _fwd._current_level >= 0:
         return run(input, mask, inplace)
     y = mask.apply(input, input if inplace else torch.empty_like(input))
