@@ -155,6 +155,8 @@ class StochasticDepth(nn.Module):
             raise ValueError(f"drop probability has to be between 0 and 1, but got {self.p}")
         if self.mode not in ("batch", "row"):
             raise ValueError(f"mode has to be either 'batch' or 'row', but got {self.mode}")
+        if torch.jit.is_scripting():
+            return ops.scripted(input, self.p, self.training, False, "drop_path" if self.mode == "row" else "batch")
         if self.mode == "row":
             return family.drop_path(input, self.p, self.training)
         return family.noise_dropout(input, self.p, (1,) * input.dim(), self.training)

@@ -99,7 +99,8 @@ def scripted(x: torch.Tensor, p: float, training: bool, inplace: bool, kind: str
     """A fastdrop module's forward in TorchScript: the operator, a seed drawn per run.
 
     ``kind``: "dropout" (with ``noise_shape``: NoiseDropout), "dropout1d/2d/3d" (one bit per
-    (N, C); unbatched inputs one per C), "alpha", "feature_alpha", "drop_path". The module
+    (N, C); unbatched inputs one per C), "alpha", "feature_alpha", "drop_path", "batch" (one
+    bit for the whole input). The module
     checked p when it was built.
     """
     if not training or p == 0.0 or x.numel() == 0:
@@ -119,7 +120,9 @@ def scripted(x: torch.Tensor, p: float, training: bool, inplace: bool, kind: str
             noise.append(v)
     scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
     affine: Optional[List[float]] = None
-    if kind == "drop_path":
+    if kind == "batch":  # torchvision's StochasticDepth(mode="batch"): one bit for the whole input
+        noise = [1] * x.dim()
+    elif kind == "drop_path":
         noise = [x.shape[0]] + [1] * (x.dim() - 1)
         if not scale_by_keep:
             scale = 1.0

@@ -113,6 +113,7 @@ SCRIPTED = [
     (fastdrop.FeatureAlphaDropout(P), nn.FeatureAlphaDropout(P), (2, 3)),
     (fastdrop.DropPath(P), None, (1, 2, 3)),
     (fastdrop.NoiseDropout(P, noise_shape=(1, None, None, 1)), None, (0, 3)),
+    (fastdrop.StochasticDepth(P, "row"), None, (1, 2, 3)),
 ]
 SHAPES = {fastdrop.Dropout1d: (16, 12, 7), fastdrop.Dropout3d: (4, 12, 2, 3, 5)}
 
@@ -131,6 +132,14 @@ def test_script_each_module_runs_and_draws_fresh_masks(ours, theirs, shared, tmp
         assert set(y1.unique().tolist()) == set(eager.unique().tolist())  # the same value set
         m.eval()
         assert m(x) is x or torch.equal(m(x), x)
+
+
+def test_script_of_stochastic_depth_batch_mode_shares_one_bit():
+    m = torch.jit.script(fastdrop.StochasticDepth(P, "batch").train())
+    x = ones(6, 3, 2)
+    torch.manual_seed(0)
+    outs = {m(x).unique().item() for _ in range(40)}  # one bit: all zeros or all scaled
+    assert outs == {0.0, SCALE}
 
 
 def test_script_of_the_functional_api_names_the_way_forward():
