@@ -23,6 +23,7 @@ BLOCK = 2048
 NUM_WARPS = 4
 MAX_DIMS = 4  # dims the strided kernel walks after merging; more are walked slice by slice
 MAX_BCAST_DIMS = 3  # noise dims and broadcast dims the broadcast kernel walks, each
+INDEX32_LIMIT = 2**31  # in-tile offsets below this take 32-bit index math
 
 
 @triton.jit
@@ -62,9 +63,35 @@ def _key(seed, SEED_PTR: tl.constexpr):
 
 
 @triton.jit
+def _philox(seed, q):
+    # Philox4x32-10 at counter (q mod 2**32, q >> 32, 0, 0), key = seed's two halves: the words
+    # tl.philox returns, with each 32x32-bit product one 64-bit multiply (a single
+    # IMAD.WIDE.U32 giving both halves, where tl.philox's umulhi and mul issue two).
+    seed = tl.to_tensor(seed).to(tl.uint64)
+    k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
+    k1 = (seed >> 32).to(tl.uint32)
+    c0 = (q & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (q >> 32).to(tl.uint32)
+    c2 = tl.zeros_like(c0)
+    c3 = tl.zeros_like(c0)
+    for _ in tl.static_range(10):
+        pa = c0.to(tl.uint64) * 0xD2511F53
+        pb = c2.to(tl.uint64) * 0xCD9E8D57
+        c0 = (pb >> 32).to(tl.uint32) ^ c1 ^ k0
+        c2 = (pa >> 32).to(tl.uint32) ^ c3 ^ k1
+        c1 = pb.to(tl.uint32)
+        c3 = pa.to(tl.uint32)
+        k0 = k0 + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    return c0, c1, c2, c3
+
+
+@triton.jit
 def _block_keep(seed, q0, threshold, BLOCK: tl.constexpr):
     # Keep bits of the BLOCK consecutive stream positions from 4 * q0 on: BLOCK // 4
     # Philox calls, all four words used.
+    # tl.philox, not _philox: with _philox's longer op chain Triton no longer computes
+    # Philox in the layout the joins below need, and the words go through shared memory.
     q = q0 + tl.arange(0, BLOCK // 4).to(tl.int64)
     zero = tl.zeros_like(q).to(tl.uint32)
     r0, r1, r2, r3 = tl.philox(seed, (q & 0xFFFFFFFF).to(tl.uint32), (q >> 32).to(tl.uint32), zero, zero)
@@ -94,8 +121,7 @@ def _word(seed, base, g):
     # The contract's 32-bit word of stream position 4 * base + g (g: int64 tensor), as int64.
     q = base + g // 4
     w = g % 4
-    zero = tl.zeros_like(q).to(tl.uint32)
-    r0, r1, r2, r3 = tl.philox(seed, (q & 0xFFFFFFFF).to(tl.uint32), (q >> 32).to(tl.uint32), zero, zero)
+    r0, r1, r2, r3 = _philox(seed, q)
     return tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3))).to(tl.int64)
 
 
@@ -147,6 +173,98 @@ def _dropout_strided_kernel(
     x = tl.load(X_ptr + c0 * XS0 + c1 * XS1 + c2 * XS2 + c3 * XS3, mask=inb)
     y = _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE).to(Y_ptr.dtype.element_ty)
     tl.store(Y_ptr + c0 * YS0 + c1 * YS1 + c2 * YS2 + c3 * YS3, y, mask=inb)
+
+
+@triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits"])
+def _dropout_grouped_kernel(
+    X_ptr, Y_ptr, seed, base, threshold, scale_bits, add_bits, drop_bits,
+    O1, NG, I,               # sizes: outer dim 1 (dim 0 follows from the grid), groups of 4 along W, dim I
+    W,                       # the W dim's size (the logical innermost dim, mask stride 1), a multiple of 4
+    XO0, XO1, XW, XI,        # x strides of the outer dims, W and I
+    YO0, YO1, YW, YI,        # y strides
+    QO0, QO1, QI,            # mask strides / 4 of the outer dims and I (multiples of W, so of 4)
+    SHIFT: tl.constexpr, AFFINE: tl.constexpr, SEED_PTR: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_I: tl.constexpr,
+    VEC: tl.constexpr,       # elements per 16-byte access along I
+    IDX64: tl.constexpr,     # some element offset needs more than 31 bits
+):
+    # Any strides where the logical innermost dim W (size a multiple of 4) is not the memory
+    # innermost dim I: channels-last tensors, transposed views. A tile is BLOCK_G groups of 4
+    # consecutive W positions by BLOCK_I positions along I: each Philox call serves the four
+    # W positions of its group (the contract's four consecutive elements), and each of the
+    # four loads and stores runs along I, contiguous in memory. Reads x once, writes y once.
+    pid = tl.program_id(0)
+    num_i = tl.cdiv(I, BLOCK_I)
+    num_g = tl.cdiv(NG, BLOCK_G)
+    ib = pid % num_i
+    t = pid // num_i
+    gb = t % num_g
+    t = t // num_g
+    o1 = t % O1
+    o0 = (t // O1).to(tl.int64)  # scalars: the row's offsets in 64 bits, once per program
+    xo = o0 * XO0 + o1.to(tl.int64) * XO1
+    yo = o0 * YO0 + o1.to(tl.int64) * YO1
+    qo = base + o0 * QO0 + o1.to(tl.int64) * QO1
+    it = tl.int64 if IDX64 else tl.int32
+    k = (gb * BLOCK_G + tl.arange(0, BLOCK_G)).to(it)
+    i = (ib * BLOCK_I + tl.arange(0, BLOCK_I)).to(it)
+    # Counter of group k at position i: qo + k + i * QI. Words for VEC consecutive i per
+    # thread: the layout of the 16-byte accesses (see _philox_interleaved).
+    u = (ib * BLOCK_I + VEC * tl.arange(0, BLOCK_I // VEC)).to(it)
+    q = qo + (k[:, None] + (u * QI)[None, :])
+    r0, r1, r2, r3 = _philox_interleaved(_key(seed, SEED_PTR), q, QI, VEC)
+    in_i = (i < I)[None, :]
+    xi, yi = (i * XI)[None, :], (i * YI)[None, :]
+    for j in tl.static_range(4):
+        r = r0 if j == 0 else (r1 if j == 1 else (r2 if j == 2 else r3))
+        w = (4 * k + (j - SHIFT))[:, None]  # element j of each group sits at W position w
+        inb = in_i & (w >= 0) & (w < W)
+        x = tl.load(X_ptr + xo + (w * XW + xi), mask=inb)
+        y = _apply(x, r.to(tl.int64) < threshold, scale_bits, add_bits, drop_bits, AFFINE)
+        tl.store(Y_ptr + yo + (w * YW + yi), y.to(Y_ptr.dtype.element_ty), mask=inb)
+
+
+@triton.jit
+def _interleave(t0, t1, t2, t3, t4, t5, t6, t7, VEC: tl.constexpr):
+    # [A, B] tiles t0.. -> [A, B * VEC] with column b * VEC + v from t_v (the first VEC used).
+    if VEC == 1:
+        return t0
+    if VEC == 2:
+        t = tl.join(t0, t1)
+    elif VEC == 4:
+        t = tl.join(tl.join(t0, t2), tl.join(t1, t3))
+    else:
+        t = tl.join(tl.join(tl.join(t0, t4), tl.join(t2, t6)), tl.join(tl.join(t1, t5), tl.join(t3, t7)))
+    return tl.reshape(t, [t0.shape[0], t0.shape[1] * VEC])
+
+
+@triton.jit
+def _philox_interleaved(seed, q, step, VEC: tl.constexpr):
+    # The four Philox words at counters q[:, b] + v * step, each [A, B * VEC] with the word
+    # of counter q[:, b] + v * step in column b * VEC + v. Philox runs on the [A, B] tiles and
+    # its words are joined after, so that each thread holds VEC consecutive columns: the
+    # layout of 16-byte accesses, reached in registers (joining counters instead makes
+    # Triton pass through shared memory).
+    a0, b0, c0, d0 = _philox(seed, q)
+    a1, b1, c1, d1 = a0, b0, c0, d0
+    a2, b2, c2, d2 = a0, b0, c0, d0
+    a3, b3, c3, d3 = a0, b0, c0, d0
+    a4, b4, c4, d4 = a0, b0, c0, d0
+    a5, b5, c5, d5 = a0, b0, c0, d0
+    a6, b6, c6, d6 = a0, b0, c0, d0
+    a7, b7, c7, d7 = a0, b0, c0, d0
+    if VEC >= 2:
+        a1, b1, c1, d1 = _philox(seed, q + step)
+    if VEC >= 4:
+        a2, b2, c2, d2 = _philox(seed, q + 2 * step)
+        a3, b3, c3, d3 = _philox(seed, q + 3 * step)
+    if VEC >= 8:
+        a4, b4, c4, d4 = _philox(seed, q + 4 * step)
+        a5, b5, c5, d5 = _philox(seed, q + 5 * step)
+        a6, b6, c6, d6 = _philox(seed, q + 6 * step)
+        a7, b7, c7, d7 = _philox(seed, q + 7 * step)
+    return (_interleave(a0, a1, a2, a3, a4, a5, a6, a7, VEC), _interleave(b0, b1, b2, b3, b4, b5, b6, b7, VEC),
+            _interleave(c0, c1, c2, c3, c4, c5, c6, c7, VEC), _interleave(d0, d1, d2, d3, d4, d5, d6, d7, VEC))
 
 
 @triton.jit
@@ -245,6 +363,34 @@ def _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, affine, seed_ptr, blo
     return y
 
 
+def _launch_grouped(x, y, n, sizes, xs, ys, ls, args, shift, affine, seed_ptr, block):
+    # The grouped kernel, where it applies: W (mask stride 1) a multiple of 4 and not the
+    # memory innermost dim, at most 2 more dims. Returns whether it launched.
+    if len(sizes) > 4 or 1 not in ls[:-1]:
+        return False
+    w = ls.index(1)
+    W = sizes[w]
+    if W % 4 or any(ls[d] % W for d in range(len(ls)) if d != w):
+        return False
+    rest = [d for d in range(len(sizes) - 1) if d != w]
+    osz, ox, oy, oq = _pad([tuple(col[d] for d in rest) for col in (sizes, xs, ys, ls)], 2)
+    I = sizes[-1]
+    ng = (W + shift + 3) // 4
+    # 32-bit index math where every in-tile element offset and counter step fits in 31 bits.
+    span = max((I - 1) * st[-1] + (W + 3) * st[w] for st in (xs, ys))
+    idx64 = max(span, ng + (I - 1) * (ls[-1] // 4)) >= INDEX32_LIMIT
+    block_i = min(triton.next_power_of_2(I), 64)
+    vec = min(16 // x.element_size(), block_i)
+    # A 4096-element tile: 32 elements per thread, 8 Philox calls, 128-bit accesses along I.
+    block_g = max(2 * block // (4 * block_i), 1)
+    grid = (osz[0] * osz[1] * _cdiv(ng, block_g) * _cdiv(I, block_i),)
+    _dropout_grouped_kernel[grid](x, y, *args, osz[1], ng, I, W, *ox, xs[w], xs[-1], *oy, ys[w], ys[-1],
+                                  oq[0] // 4, oq[1] // 4, ls[-1] // 4,
+                                  SHIFT=shift, AFFINE=affine, SEED_PTR=seed_ptr, BLOCK_G=block_g, BLOCK_I=block_i,
+                                  VEC=vec, IDX64=idx64, num_warps=NUM_WARPS, enable_fp_fusion=not affine)
+    return True
+
+
 def _cdiv(a, b):
     # Plain integer math: triton.cdiv is a jit function, costly to call from Python per launch.
     return -(-a // b)
@@ -290,6 +436,8 @@ def launch(x, y, seed, offset, threshold, scale, block=BLOCK, *, mask_strides=No
         return _launch_sliced(x, y, seed, offset, threshold, scale, block, mask_strides, affine)
     if has_bcast:
         return _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, is_affine, seed_ptr, block)
+    if _launch_grouped(x, y, n, sizes, xs, ys, ls, args, shift, is_affine, seed_ptr, block):
+        return y
     sizes, xs, ys, ls = _pad([sizes, xs, ys, ls], MAX_DIMS)
     grid = (_cdiv(n, block),)
     _dropout_strided_kernel[grid](x, y, n, *args, sizes[1], sizes[2], sizes[3], *xs, *ys, *ls,

@@ -169,6 +169,60 @@ def test_kernel_gradcheck():
 
 
 # ---------------------------------------------------------------------------------------
+# Layout kernels: which kernel a layout takes, and bit-identity with the CPU path there.
+
+
+class _Spy:
+    def __init__(self, fn, name, seen):
+        self.fn, self.name, self.seen = fn, name, seen
+
+    def __getitem__(self, grid):
+        self.seen.append(self.name)
+        return self.fn[grid]
+
+
+@pytest.fixture
+def kernels_run(monkeypatch):
+    """Names of the kernels launched, in order."""
+    seen = []
+    for name, fn in list(vars(kernels).items()):
+        if name.endswith("_kernel") and name.startswith("_"):
+            monkeypatch.setattr(kernels, name, _Spy(fn, name, seen))
+    return seen
+
+
+GROUPED = {  # the logical innermost dim a multiple of 4, not innermost in memory
+    # 70 channels: two tiles along C, the second ragged
+    "channels_last": lambda dt: nonzero_randn((2, 70, 3, 8), dt).contiguous(memory_format=torch.channels_last),
+    "channels_last_3d": lambda dt: nonzero_randn((2, 3, 2, 3, 4), dt).contiguous(
+        memory_format=torch.channels_last_3d),
+    "transposed": lambda dt: nonzero_randn((12, 20), dt).t(),
+}
+
+
+@pytest.mark.parametrize("offset", [0, 3])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", list(GROUPED))
+def test_grouped_kernel_equals_cpu_path(shape, dtype, offset, kernels_run):
+    x = GROUPED[shape](dtype)
+    seed, p = 0x0123_4567_89AB_CDEF, 0.3
+    y_kernel = fastdrop.dropout(on_device(x), p, seed=seed, offset=offset, backend="triton")
+    assert kernels_run == ["_dropout_grouped_kernel"]
+    assert y_kernel.stride() == x.stride()
+    assert_kernel_matches(y_kernel, fastdrop.dropout(x, p, seed=seed, offset=offset, backend="cpu"))
+
+
+def test_grouped_kernel_64_bit_indices_and_alpha(monkeypatch, kernels_run):
+    monkeypatch.setattr(kernels, "INDEX32_LIMIT", 0)  # every offset takes the 64-bit path
+    x = GROUPED["channels_last"](torch.float32)
+    for fn in (fastdrop.dropout, fastdrop.alpha_dropout):
+        kw = dict(training=True) if fn is fastdrop.alpha_dropout else {}
+        y_kernel = fn(on_device(x), 0.2, seed=77, offset=5, backend="triton", **kw)
+        assert_kernel_matches(y_kernel, fn(x, 0.2, seed=77, offset=5, backend="cpu", **kw))
+    assert kernels_run == ["_dropout_grouped_kernel"] * 2
+
+
+# ---------------------------------------------------------------------------------------
 # Philox inside a kernel: tl.philox on the Random123 vectors equals fastdrop.philox.
 
 
