@@ -21,8 +21,7 @@ from ..contract import row_major, signed64
 WORDS = 4  # 32-bit words per Philox call, one per element
 BLOCK = 2048
 NUM_WARPS = 4
-MAX_DIMS = 4  # dims the strided kernel walks after merging; more are walked slice by slice
-MAX_BCAST_DIMS = 3  # noise dims and broadcast dims the broadcast kernel walks, each
+MAX_DIMS = 4  # dims the strided and broadcast kernels walk after merging; more are walked slice by slice
 INDEX32_LIMIT = 2**31  # in-tile offsets below this take 32-bit index math
 
 
@@ -228,8 +227,8 @@ def _dropout_grouped_kernel(
 def _interleave(t0, t1, t2, t3, t4, t5, t6, t7, VEC: tl.constexpr):
     # [A, B] tiles t0.. -> [A, B * VEC] with column b * VEC + v from t_v (the first VEC used).
     if VEC == 1:
-        return t0
-    if VEC == 2:
+        t = t0
+    elif VEC == 2:
         t = tl.join(t0, t1)
     elif VEC == 4:
         t = tl.join(tl.join(t0, t2), tl.join(t1, t3))
@@ -267,47 +266,72 @@ def _philox_interleaved(seed, q, step, VEC: tl.constexpr):
             _interleave(c0, c1, c2, c3, c4, c5, c6, c7, VEC), _interleave(d0, d1, d2, d3, d4, d5, d6, d7, VEC))
 
 
-@triton.jit
-def _split3(i, N1, N2):
-    # Row-major coordinates of flat index i over sizes (N0, N1, N2).
-    i2 = i % N2
-    t = i // N2
-    return t // N1, t % N1, i2
+# Where the keep bit of a broadcast-kernel tile comes from (the KEEP argument).
+KEEP_SCALAR, KEEP_ROW, KEEP_COL, KEEP_COL4, KEEP_ELEM = (tl.constexpr(i) for i in range(5))
 
 
-@triton.jit(do_not_specialize=["M", "K", "seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits"])
+@triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits"])
 def _dropout_bcast_kernel(
-    X_ptr, Y_ptr,
-    M, K,                    # noise elements, broadcast positions per noise element (n = M * K)
-    seed, base, threshold, scale_bits, add_bits, drop_bits,
-    M1, M2,                  # sizes of walked noise dims 1..2 (dim 0 follows from M)
-    XM0, XM1, XM2, YM0, YM1, YM2, LM0, LM1, LM2,  # x, y and mask strides of the noise dims
-    K1, K2,                  # sizes of walked broadcast dims 1..2 (mask stride 0)
-    XK0, XK1, XK2, YK0, YK1, YK2,
+    X_ptr, Y_ptr, seed, base, threshold, scale_bits, add_bits, drop_bits,
+    O1, A, B,                # sizes: outer dim 1 (dim 0 follows from the grid), tile dims A and B
+    XO0, XO1, XA, XB,        # x strides (B: the memory-innermost dim)
+    YO0, YO1, YA, YB,        # y strides
+    LO0, LO1, LA, LB,        # mask strides, 0 along broadcast dims
     SHIFT: tl.constexpr, AFFINE: tl.constexpr, SEED_PTR: tl.constexpr,
-    M_INNER: tl.constexpr,   # the innermost memory dim is a noise dim: tiles are [BLOCK_K, BLOCK_M]
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    KEEP: tl.constexpr,      # KEEP_*: one bit per program, per row a, per column b, per element
+    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+    VEC: tl.constexpr,       # elements per 16-byte access along B
+    IDX64: tl.constexpr,     # some in-tile element offset needs more than 31 bits
 ):
-    # One Philox word per noise element (a channel, a sample), shared by its BLOCK_K
-    # broadcast positions: channel dropout costs 1/K of the Philox work of plain dropout.
-    pid = tl.program_id(0).to(tl.int64)
-    num_k = tl.cdiv(K, BLOCK_K)
-    m = (pid // num_k) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    k = (pid % num_k) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
-    m0, m1, m2 = _split3(m, M1, M2)
-    k0, k1, k2 = _split3(k, K1, K2)
-    keep = _word(_key(seed, SEED_PTR), base, m0 * LM0 + m1 * LM1 + m2 * LM2 + SHIFT) < threshold
-    xm, ym = m0 * XM0 + m1 * XM1 + m2 * XM2, m0 * YM0 + m1 * YM1 + m2 * YM2
-    xk, yk = k0 * XK0 + k1 * XK1 + k2 * XK2, k0 * YK0 + k1 * YK1 + k2 * YK2
-    if M_INNER:
-        xo, yo, keep = xk[:, None] + xm[None, :], yk[:, None] + ym[None, :], keep[None, :]
-        inb = (k < K)[:, None] & (m < M)[None, :]
+    # Noise shapes (channel dropout, drop path, noise_shape): up to four walked dims, two
+    # outer ones per program and a [BLOCK_A, BLOCK_B] tile over the two innermost, loads and
+    # stores 16 bytes wide along B. A keep bit is drawn once per noise element in the tile
+    # and shared along the broadcast dims. Reads x once, writes y once.
+    pid = tl.program_id(0)
+    num_b = tl.cdiv(B, BLOCK_B)
+    num_a = tl.cdiv(A, BLOCK_A)
+    bb = pid % num_b
+    t = pid // num_b
+    ab = t % num_a
+    t = t // num_a
+    o1 = (t % O1).to(tl.int64)
+    o0 = (t // O1).to(tl.int64)
+    xo = o0 * XO0 + o1 * XO1
+    yo = o0 * YO0 + o1 * YO1
+    go = o0 * LO0 + o1 * LO1 + SHIFT  # stream position of the tile's origin, past 4 * base
+    it = tl.int64 if IDX64 else tl.int32
+    a = (ab * BLOCK_A + tl.arange(0, BLOCK_A)).to(it)
+    b = (bb * BLOCK_B + tl.arange(0, BLOCK_B)).to(it)
+    key = _key(seed, SEED_PTR)
+    if KEEP == KEEP_SCALAR:
+        keep = _word(key, base, go) < threshold
+    elif KEEP == KEEP_ROW:
+        keep = (_word(key, base, go + a.to(tl.int64) * LA) < threshold)[:, None]
+    elif KEEP == KEEP_COL:
+        keep = (_word(key, base, go + b.to(tl.int64) * LB) < threshold)[None, :]
+    elif KEEP == KEEP_COL4:
+        # Mask stride 1 along B and the tile's first column at a multiple of 4: four
+        # consecutive columns share a Philox call, each thread's VEC columns 1 or 2 calls.
+        u = (bb * BLOCK_B + VEC * tl.arange(0, BLOCK_B // VEC)).to(tl.int64)
+        q = (base + go // 4 + u // 4)[None, :]
+        keep = _col_words(key, q, VEC).to(tl.int64) < threshold
     else:
-        xo, yo, keep = xm[:, None] + xk[None, :], ym[:, None] + yk[None, :], keep[:, None]
-        inb = (m < M)[:, None] & (k < K)[None, :]
-    x = tl.load(X_ptr + xo, mask=inb)
+        keep = _word(key, base, go + a.to(tl.int64)[:, None] * LA + b.to(tl.int64)[None, :] * LB) < threshold
+    inb = (a < A)[:, None] & (b < B)[None, :]
+    x = tl.load(X_ptr + xo + ((a * XA)[:, None] + (b * XB)[None, :]), mask=inb)
     y = _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE).to(Y_ptr.dtype.element_ty)
-    tl.store(Y_ptr + yo, y, mask=inb)
+    tl.store(Y_ptr + yo + ((a * YA)[:, None] + (b * YB)[None, :]), y, mask=inb)
+
+
+@triton.jit
+def _col_words(seed, q, VEC: tl.constexpr):
+    # [1, U] counters, one per VEC columns -> [1, U * VEC] words: column VEC * u + v takes
+    # word v % 4 of the call at counter q[u] + v // 4 (VEC: 4 or 8).
+    a0, b0, c0, d0 = _philox(seed, q)
+    a1, b1, c1, d1 = a0, b0, c0, d0
+    if VEC == 8:
+        a1, b1, c1, d1 = _philox(seed, q + 1)
+    return _interleave(a0, b0, c0, d0, a1, b1, c1, d1, VEC)
 
 
 def walk_dims(shape, x_strides, y_strides, mask_strides):
@@ -341,25 +365,45 @@ def _pad(cols, width):
     return [(1,) * pad + cols[0]] + [(0,) * pad + c for c in cols[1:]]
 
 
+def _tile(extent, cap):
+    # A power-of-two tile length for a dim of this extent: the longest up to cap whose
+    # padding stays within 1/16 of the extent, else the one with the least padding.
+    best = None
+    t = min(triton.next_power_of_2(extent), cap)
+    while t >= 1:
+        waste = _cdiv(extent, t) * t - extent
+        if waste * 16 <= extent:
+            return t
+        if best is None or waste < best[0]:
+            best = (waste, t)
+        t //= 2
+    return best[1]
+
+
 def _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, affine, seed_ptr, block):
-    noise = [i for i in range(len(sizes)) if ls[i] != 0]
-    bcast = [i for i in range(len(sizes)) if ls[i] == 0]
-    msz, mx, my, ml = _pad([tuple(col[i] for i in noise) for col in (sizes, xs, ys, ls)], MAX_BCAST_DIMS)
-    ksz, kx, ky = _pad([tuple(col[i] for i in bcast) for col in (sizes, xs, ys)], MAX_BCAST_DIMS)
-    M = 1
-    for s in msz:
-        M *= s
-    K = n // M
-    m_inner = ls[-1] != 0
-    # The tile shape is a speed choice only: the mask depends on the noise index alone.
-    inner = min(triton.next_power_of_2(M if m_inner else K), max(block // 2, 1))
-    outer = max(block // inner, 1)
-    block_m, block_k = (inner, outer) if m_inner else (outer, inner)
-    grid = (_cdiv(M, block_m) * _cdiv(K, block_k),)
-    _dropout_bcast_kernel[grid](x, y, M, K, *args, msz[1], msz[2], *mx, *my, *ml, ksz[1], ksz[2], *kx, *ky,
-                                SHIFT=shift, AFFINE=affine, SEED_PTR=seed_ptr,
-                                M_INNER=m_inner, BLOCK_M=block_m,
-                                BLOCK_K=block_k, num_warps=NUM_WARPS, enable_fp_fusion=not affine)
+    # At most 4 walked dims (checked by the caller): [O0, O1, A, B], B innermost in memory.
+    osz, ox, oy, ol = _pad([col[:-2] for col in (sizes, xs, ys, ls)], 2) if len(sizes) > 2 else \
+        [(1, 1), (0, 0), (0, 0), (0, 0)]
+    (A, B), (xa, xb), (ya, yb), (la, lb) = _pad([col[-2:] for col in (sizes, xs, ys, ls)], 2)
+    vec = 16 // x.element_size()
+    if la == 0 and lb == 0:
+        keep = KEEP_SCALAR
+    elif la == 0 or lb == 0:
+        keep = KEEP_ROW if lb == 0 else KEEP_COL
+        if keep == KEEP_COL and lb == 1 and vec >= 4 and shift == 0 and all(s % 4 == 0 for s in ol + (la,)):
+            keep = KEEP_COL4
+    else:
+        keep = KEEP_ELEM
+    block_b = _tile(B, 1024)
+    if keep == KEEP_COL4:
+        block_b = max(block_b, vec)
+    block_a = min(max(block // block_b, 1), triton.next_power_of_2(A))
+    span = max((A - 1) * xa + (B - 1) * xb, (A - 1) * ya + (B - 1) * yb)
+    grid = (osz[0] * osz[1] * _cdiv(A, block_a) * _cdiv(B, block_b),)
+    _dropout_bcast_kernel[grid](x, y, *args, osz[1], A, B, *ox, xa, xb, *oy, ya, yb, *ol, la, lb,
+                                SHIFT=shift, AFFINE=affine, SEED_PTR=seed_ptr, KEEP=keep.value, BLOCK_A=block_a,
+                                BLOCK_B=block_b, VEC=min(vec, block_b), IDX64=span >= INDEX32_LIMIT,
+                                num_warps=NUM_WARPS, enable_fp_fusion=not affine)
     return y
 
 
@@ -430,9 +474,7 @@ def launch(x, y, seed, offset, threshold, scale, block=BLOCK, *, mask_strides=No
                               num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
         return y
     has_bcast = 0 in ls
-    n_noise = sum(1 for s in ls if s != 0)
-    if (len(sizes) > MAX_DIMS if not has_bcast
-            else max(n_noise, len(ls) - n_noise) > MAX_BCAST_DIMS):
+    if len(sizes) > MAX_DIMS:
         return _launch_sliced(x, y, seed, offset, threshold, scale, block, mask_strides, affine)
     if has_bcast:
         return _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, is_affine, seed_ptr, block)

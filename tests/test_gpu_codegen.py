@@ -69,18 +69,24 @@ def _contiguous(dtype, seed_ptr, small_ints=False):
     assert "mul.hi.u32" in ptx  # Philox, not a float RNG
 
 
-def strided_and_broadcast_kernels_compile():
+def strided_grouped_and_broadcast_kernels_compile():
     from fastdrop.kernels import dropout as K
     names = ["n", "seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits", "S1", "S2", "S3"]
     names += [f"{k}S{i}" for k in "XYL" for i in range(4)]
     compile_ptx(K._dropout_strided_kernel, {"X_ptr": "*bf16", "Y_ptr": "*bf16", **scalars(names, True)},
                 {"SHIFT": 1, "BLOCK": K.BLOCK, "AFFINE": True, "SEED_PTR": True}, ["X_ptr", "Y_ptr"])
-    names = ["M", "K", "seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits", "M1", "M2"]
-    names += [f"{k}M{i}" for k in "XYL" for i in range(3)] + ["K1", "K2"]
-    names += [f"{k}K{i}" for k in "XY" for i in range(3)]
-    compile_ptx(K._dropout_bcast_kernel, {"X_ptr": "*fp32", "Y_ptr": "*fp32", **scalars(names, False)},
-                {"SHIFT": 0, "AFFINE": False, "SEED_PTR": False, "M_INNER": True, "BLOCK_M": 64, "BLOCK_K": 32},
-                ["X_ptr", "Y_ptr"])
+    names = ["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits", "O1", "A", "B"]
+    names += [f"{k}{d}" for k in "XYL" for d in ("O0", "O1", "A", "B")]
+    for keep in range(5):
+        compile_ptx(K._dropout_bcast_kernel, {"X_ptr": "*fp32", "Y_ptr": "*fp32", **scalars(names, keep == 0)},
+                    {"SHIFT": 0, "AFFINE": keep == 1, "SEED_PTR": keep == 0, "KEEP": keep, "BLOCK_A": 32,
+                     "BLOCK_B": 64, "VEC": 4, "IDX64": keep == 2}, ["X_ptr", "Y_ptr"])
+    names = ["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits", "O1", "NG", "I", "W"]
+    names += [f"{k}{d}" for k in "XY" for d in ("O0", "O1", "W", "I")] + ["QO0", "QO1", "QI"]
+    for vec, dtype in ((8, "fp16"), (4, "fp32"), (2, "fp64")):
+        compile_ptx(K._dropout_grouped_kernel, {"X_ptr": f"*{dtype}", "Y_ptr": f"*{dtype}", **scalars(names, True)},
+                    {"SHIFT": 3, "AFFINE": True, "SEED_PTR": True, "BLOCK_G": 16, "BLOCK_I": 64, "VEC": vec,
+                     "IDX64": vec == 2}, ["X_ptr", "Y_ptr"])
 
 
 def residual_kernel_compiles():
@@ -91,7 +97,7 @@ def residual_kernel_compiles():
                 ["X_ptr", "B_ptr", "R_ptr", "Y_ptr", "n"])
 
 
-CASES = [contiguous_kernel_compiles_with_16_byte_loads, strided_and_broadcast_kernels_compile,
+CASES = [contiguous_kernel_compiles_with_16_byte_loads, strided_grouped_and_broadcast_kernels_compile,
          residual_kernel_compiles]
 
 if __name__ == "__main__":

@@ -177,8 +177,15 @@ class _Spy:
         self.fn, self.name, self.seen = fn, name, seen
 
     def __getitem__(self, grid):
-        self.seen.append(self.name)
-        return self.fn[grid]
+        def run(*args, **kwargs):
+            # The broadcast kernel's name carries its keep mode: "_dropout_bcast_kernel/ROW".
+            mode = [m for m in MODES if kwargs.get("KEEP") == getattr(kernels, m).value]
+            self.seen.append(self.name + "".join("/" + m[5:] for m in mode))
+            return self.fn[grid](*args, **kwargs)
+        return run
+
+
+MODES = ["KEEP_SCALAR", "KEEP_ROW", "KEEP_COL", "KEEP_COL4", "KEEP_ELEM"]
 
 
 @pytest.fixture
@@ -220,6 +227,45 @@ def test_grouped_kernel_64_bit_indices_and_alpha(monkeypatch, kernels_run):
         y_kernel = fn(on_device(x), 0.2, seed=77, offset=5, backend="triton", **kw)
         assert_kernel_matches(y_kernel, fn(x, 0.2, seed=77, offset=5, backend="cpu", **kw))
     assert kernels_run == ["_dropout_grouped_kernel"] * 2
+
+
+BCAST = {  # x, noise shape, the keep mode at offset 0 for 16/32-bit types
+    "channels_last": (lambda dt: nonzero_randn((2, 8, 3, 5), dt).contiguous(memory_format=torch.channels_last),
+                      (2, 8, 1, 1), "COL4"),
+    "channels_last_ragged": (lambda dt: nonzero_randn((2, 12, 3, 1), dt).contiguous(
+        memory_format=torch.channels_last), (2, 12, 1, 1), "COL4"),
+    "contiguous": (lambda dt: nonzero_randn((6, 5, 3, 7), dt), (6, 5, 1, 1), "ROW"),
+    "middle_dim": (lambda dt: nonzero_randn((3, 5, 12), dt), (1, 5, 1), "ROW"),
+    "one_bit": (lambda dt: nonzero_randn((3, 5, 12), dt), (1, 1, 1), "SCALAR"),
+    "two_noise_dims": (lambda dt: nonzero_randn((3, 6, 5), dt).transpose(1, 2), (1, 5, 6), "ELEM"),
+}
+
+
+@pytest.mark.parametrize("offset", [0, 3])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("case", list(BCAST))
+def test_bcast_kernel_equals_cpu_path(case, dtype, offset, kernels_run):
+    make, noise, mode = BCAST[case]
+    x = make(dtype)
+    seed, p = 0x0123_4567_89AB_CDEF, 0.5
+    y_kernel = fastdrop.noise_dropout(on_device(x), p, noise, seed=seed, offset=offset, backend="triton")
+    # Four columns share a Philox call only from a multiple of 4 on, and 16-byte accesses
+    # hold 4 or 8 of them for 16/32-bit types; other cases draw a word per column.
+    if mode == "COL4" and (offset % 4 or dtype == torch.float64):
+        mode = "COL"
+    assert kernels_run == [f"_dropout_bcast_kernel/{mode}"]
+    assert y_kernel.stride() == x.stride()
+    assert_kernel_matches(y_kernel, fastdrop.noise_dropout(x, p, noise, seed=seed, offset=offset, backend="cpu"))
+
+
+def test_bcast_kernel_64_bit_indices(monkeypatch, kernels_run):
+    monkeypatch.setattr(kernels, "INDEX32_LIMIT", 0)
+    for case in ("channels_last", "contiguous"):
+        make, noise, _ = BCAST[case]
+        x = make(torch.float32)
+        y_kernel = fastdrop.noise_dropout(on_device(x), 0.4, noise, seed=9, offset=8, backend="triton")
+        assert_kernel_matches(y_kernel, fastdrop.noise_dropout(x, 0.4, noise, seed=9, offset=8, backend="cpu"))
+    assert kernels_run == ["_dropout_bcast_kernel/COL4", "_dropout_bcast_kernel/ROW"]
 
 
 # ---------------------------------------------------------------------------------------

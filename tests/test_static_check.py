@@ -22,25 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # (call, check) -> the measured shortfall. strict: a kernel that starts meeting the check fails
 # the test until its entry here is removed.
-KNOWN_SHORT = {
-    ("dropout1d fp16 (32,256,2048)", "128-bit accesses"): "fwd+bwd _dropout_bcast_kernel: loads 16 x 16-bit, stores 16 x 16-bit per thread",
-    ("dropout1d fp16 (32,256,2048)", "compute/memory"): "fwd+bwd _dropout_bcast_kernel: measured 1.20",
-    ("dropout1d fp16 (32,256,2048) strides (C*L,1,C)", "128-bit accesses"): "fwd+bwd _dropout_bcast_kernel: loads 16 x 16-bit, stores 16 x 16-bit per thread",
-    ("dropout1d fp16 (32,256,2048) strides (C*L,1,C)", "compute/memory"): "fwd+bwd _dropout_bcast_kernel: measured 1.93",
-    ("dropout2d fp16 (32,64,56,56)", "128-bit accesses"): "fwd+bwd _dropout_bcast_kernel: loads 16 x 16-bit, stores 16 x 16-bit per thread",
-    ("dropout2d fp16 (32,64,56,56)", "compute/memory"): "fwd+bwd _dropout_bcast_kernel: measured 1.57",
-    ("dropout2d fp16 channels-last (32,64,56,56)", "128-bit accesses"): "fwd+bwd _dropout_bcast_kernel: loads 16 x 16-bit, stores 16 x 16-bit per thread",
-    ("dropout2d fp16 channels-last (32,64,56,56)", "compute/memory"): "fwd+bwd _dropout_bcast_kernel: measured 1.93",
-    ("dropout3d fp16 (8,32,16,56,56)", "128-bit accesses"): "fwd+bwd _dropout_bcast_kernel: loads 16 x 16-bit, stores 16 x 16-bit per thread",
-    ("dropout3d fp16 (8,32,16,56,56)", "compute/memory"): "fwd+bwd _dropout_bcast_kernel: measured 1.20",
-    ("dropout3d fp16 channels-last-3d (8,32,16,56,56)", "no shared memory"): "fwd+bwd _dropout_bcast_kernel: 2048 B",
-    ("dropout3d fp16 channels-last-3d (8,32,16,56,56)", "128-bit accesses"): "fwd+bwd _dropout_bcast_kernel: loads 16 x 16-bit, stores 16 x 16-bit per thread",
-    ("dropout3d fp16 channels-last-3d (8,32,16,56,56)", "compute/memory"): "fwd+bwd _dropout_bcast_kernel: measured 1.31",
-    ("drop_path fp16 (64,197,768)", "128-bit accesses"): "fwd+bwd _dropout_bcast_kernel: loads 16 x 16-bit, stores 16 x 16-bit per thread",
-    ("drop_path fp16 (64,197,768)", "compute/memory"): "fwd+bwd _dropout_bcast_kernel: measured 1.20",
-    ("noise_shape (1,L,1) fp16 (64,197,768)", "128-bit accesses"): "fwd+bwd _dropout_bcast_kernel: loads 16 x 16-bit, stores 16 x 16-bit per thread",
-    ("noise_shape (1,L,1) fp16 (64,197,768)", "compute/memory"): "fwd+bwd _dropout_bcast_kernel: measured 1.12",
-}
+KNOWN_SHORT = {}
 
 
 @pytest.fixture(scope="module")
