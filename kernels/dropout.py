@@ -86,26 +86,28 @@ def _philox(seed, q):
 
 
 @triton.jit
-def _block_keep(seed, q0, threshold, BLOCK: tl.constexpr):
-    # Keep bits of the BLOCK consecutive stream positions from 4 * q0 on: BLOCK // 4
-    # Philox calls, all four words used.
-    # tl.philox, not _philox: with _philox's longer op chain Triton no longer computes
-    # Philox in the layout the joins below need, and the words go through shared memory.
-    q = q0 + tl.arange(0, BLOCK // 4).to(tl.int64)
-    zero = tl.zeros_like(q).to(tl.uint32)
-    r0, r1, r2, r3 = tl.philox(seed, (q & 0xFFFFFFFF).to(tl.uint32), (q >> 32).to(tl.uint32), zero, zero)
-    # Interleave to r0[0], r1[0], r2[0], r3[0], r0[1], ...
-    r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [BLOCK])
+def _block_keep(seed, q0, threshold, BLOCK: tl.constexpr, VEC: tl.constexpr):
+    # Keep bits of the BLOCK consecutive stream positions from 4 * q0 on: BLOCK // 4 Philox
+    # calls, all four words used; each thread's VEC (4 or 8) consecutive positions in
+    # registers, the layout of its 16-byte accesses (see _col_words).
+    q = q0 + (VEC // 4) * tl.arange(0, BLOCK // VEC).to(tl.int64)
+    r = tl.reshape(_col_words(seed, q[None, :], VEC), [BLOCK])
     return r.to(tl.int64) < threshold
 
 
 @triton.jit
+def _vec(dtype):
+    # Elements per 16-byte access, at least 4 (one Philox call's worth).
+    return tl.constexpr(max(4, 128 // dtype.primitive_bitwidth))
+
+
+@triton.jit
 def _contiguous_block(seed, base, threshold, n, SEED_PTR: tl.constexpr, SHIFT: tl.constexpr,
-                      BLOCK: tl.constexpr):
+                      BLOCK: tl.constexpr, VEC: tl.constexpr):
     # This program's BLOCK consecutive stream positions over contiguous tensors: keep bits,
     # the element index of the first (start), the in-block offsets and which are in bounds.
     pid = tl.program_id(0).to(tl.int64)
-    keep = _block_keep(_key(seed, SEED_PTR), base + pid * (BLOCK // 4), threshold, BLOCK)
+    keep = _block_keep(_key(seed, SEED_PTR), base + pid * (BLOCK // 4), threshold, BLOCK, VEC)
     # Scalar start + int32 arange keeps the contiguity the compiler needs to vectorize.
     start = pid * BLOCK - SHIFT
     offs = tl.arange(0, BLOCK)
@@ -141,7 +143,8 @@ def _dropout_kernel(
 ):
     # Contiguous x and y. Each program owns BLOCK consecutive stream positions, so the four
     # words of each Philox call go to four consecutive elements.
-    keep, start, offs, inb = _contiguous_block(seed, base, threshold, n, SEED_PTR, SHIFT, BLOCK)
+    keep, start, offs, inb = _contiguous_block(seed, base, threshold, n, SEED_PTR, SHIFT, BLOCK,
+                                               _vec(X_ptr.dtype.element_ty))
     x = tl.load(X_ptr + start + offs, mask=inb)
     y = _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE)
     tl.store(Y_ptr + start + offs, y.to(Y_ptr.dtype.element_ty), mask=inb)

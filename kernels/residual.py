@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from ..contract import signed64
-from .dropout import BLOCK, NUM_WARPS, WORDS, _cdiv, _contiguous_block, _f64, _float_bits
+from .dropout import BLOCK, NUM_WARPS, WORDS, _cdiv, _contiguous_block, _f64, _float_bits, _vec
 
 
 @triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits"])
@@ -20,7 +20,8 @@ def _dropout_add_kernel(
     seed, base, threshold, scale_bits,  # as in kernels.dropout._dropout_kernel
     SHIFT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, SEED_PTR: tl.constexpr,
 ):
-    keep, start, offs, inb = _contiguous_block(seed, base, threshold, n, SEED_PTR, SHIFT, BLOCK)
+    keep, start, offs, inb = _contiguous_block(seed, base, threshold, n, SEED_PTR, SHIFT, BLOCK,
+                                               _vec(X_ptr.dtype.element_ty))
     x = tl.load(X_ptr + start + offs, mask=inb)
     # float32 arithmetic for 16/32-bit types, float64 for float64; one rounding at the store.
     ct = tl.float64 if x.dtype == tl.float64 else tl.float32

@@ -66,7 +66,7 @@ def _contiguous(dtype, seed_ptr, small_ints=False):
     # 16-byte vector loads and stores: the kernel reads x once and writes y once at full width.
     assert set(re.findall(r"ld\.global[.\w]*", ptx)) & {"ld.global.v4.b32", "ld.global.v4.u32"}
     assert set(re.findall(r"st\.global[.\w]*", ptx)) & {"st.global.v4.b32", "st.global.v4.u32"}
-    assert "mul.hi.u32" in ptx  # Philox, not a float RNG
+    assert "mul.wide.u32" in ptx  # Philox (each product one wide multiply), not a float RNG
 
 
 def strided_grouped_and_broadcast_kernels_compile():
