@@ -11,6 +11,8 @@ dropout, drop path, ``noise_shape``). With broadcast dims, ``_dropout_bcast_kern
 one Philox word per noise element and shares it along the broadcast dims.
 """
 
+import functools
+import math
 import struct
 
 import triton
@@ -383,12 +385,12 @@ def _tile(extent, cap):
     return best[1]
 
 
-def _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, affine, seed_ptr, block):
-    # At most 4 walked dims (checked by the caller): [O0, O1, A, B], B innermost in memory.
+def _bcast_plan(sizes, xs, ys, ls, itemsize, shift, block, index32_limit):
+    # At most 4 walked dims: [O0, O1, A, B], B innermost in memory.
     osz, ox, oy, ol = _pad([col[:-2] for col in (sizes, xs, ys, ls)], 2) if len(sizes) > 2 else \
         [(1, 1), (0, 0), (0, 0), (0, 0)]
     (A, B), (xa, xb), (ya, yb), (la, lb) = _pad([col[-2:] for col in (sizes, xs, ys, ls)], 2)
-    vec = 16 // x.element_size()
+    vec = 16 // itemsize
     if la == 0 and lb == 0:
         keep = KEEP_SCALAR
     elif la == 0 or lb == 0:
@@ -403,39 +405,56 @@ def _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, affine, seed_ptr, blo
     block_a = min(max(block // block_b, 1), triton.next_power_of_2(A))
     span = max((A - 1) * xa + (B - 1) * xb, (A - 1) * ya + (B - 1) * yb)
     grid = (osz[0] * osz[1] * _cdiv(A, block_a) * _cdiv(B, block_b),)
-    _dropout_bcast_kernel[grid](x, y, *args, osz[1], A, B, *ox, xa, xb, *oy, ya, yb, *ol, la, lb,
-                                SHIFT=shift, AFFINE=affine, SEED_PTR=seed_ptr, KEEP=keep.value, BLOCK_A=block_a,
-                                BLOCK_B=block_b, VEC=min(vec, block_b), IDX64=span >= INDEX32_LIMIT,
-                                num_warps=NUM_WARPS, enable_fp_fusion=not affine)
-    return y
+    return ("_dropout_bcast_kernel", grid, (), (osz[1], A, B, *ox, xa, xb, *oy, ya, yb, *ol, la, lb),
+            dict(KEEP=keep.value, BLOCK_A=block_a, BLOCK_B=block_b, VEC=min(vec, block_b),
+                 IDX64=span >= index32_limit))
 
 
-def _launch_grouped(x, y, n, sizes, xs, ys, ls, args, shift, affine, seed_ptr, block):
-    # The grouped kernel, where it applies: W (mask stride 1) a multiple of 4 and not the
-    # memory innermost dim, at most 2 more dims. Returns whether it launched.
-    if len(sizes) > 4 or 1 not in ls[:-1]:
-        return False
+def _grouped_plan(sizes, xs, ys, ls, itemsize, shift, block, index32_limit):
+    # The grouped kernel where it applies: W (mask stride 1) a multiple of 4 and not the
+    # memory innermost dim, at most 2 more dims. None where it does not.
+    if 1 not in ls[:-1]:
+        return None
     w = ls.index(1)
     W = sizes[w]
     if W % 4 or any(ls[d] % W for d in range(len(ls)) if d != w):
-        return False
+        return None
     rest = [d for d in range(len(sizes) - 1) if d != w]
     osz, ox, oy, oq = _pad([tuple(col[d] for d in rest) for col in (sizes, xs, ys, ls)], 2)
     I = sizes[-1]
     ng = (W + shift + 3) // 4
     # 32-bit index math where every in-tile element offset and counter step fits in 31 bits.
     span = max((I - 1) * st[-1] + (W + 3) * st[w] for st in (xs, ys))
-    idx64 = max(span, ng + (I - 1) * (ls[-1] // 4)) >= INDEX32_LIMIT
+    idx64 = max(span, ng + (I - 1) * (ls[-1] // 4)) >= index32_limit
     block_i = min(triton.next_power_of_2(I), 64)
-    vec = min(16 // x.element_size(), block_i)
-    # A 4096-element tile: 32 elements per thread, 8 Philox calls, 128-bit accesses along I.
+    # A 4096-element tile: 32 elements per thread, 8 Philox calls, 16-byte accesses along I.
     block_g = max(2 * block // (4 * block_i), 1)
     grid = (osz[0] * osz[1] * _cdiv(ng, block_g) * _cdiv(I, block_i),)
-    _dropout_grouped_kernel[grid](x, y, *args, osz[1], ng, I, W, *ox, xs[w], xs[-1], *oy, ys[w], ys[-1],
-                                  oq[0] // 4, oq[1] // 4, ls[-1] // 4,
-                                  SHIFT=shift, AFFINE=affine, SEED_PTR=seed_ptr, BLOCK_G=block_g, BLOCK_I=block_i,
-                                  VEC=vec, IDX64=idx64, num_warps=NUM_WARPS, enable_fp_fusion=not affine)
-    return True
+    return ("_dropout_grouped_kernel", grid, (),
+            (osz[1], ng, I, W, *ox, xs[w], xs[-1], *oy, ys[w], ys[-1], oq[0] // 4, oq[1] // 4, ls[-1] // 4),
+            dict(BLOCK_G=block_g, BLOCK_I=block_i, VEC=min(16 // itemsize, block_i), IDX64=idx64))
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(shape, x_strides, y_strides, mask_strides, itemsize, shift, block, index32_limit):
+    """How to launch one layout: (kernel name, grid, args before and after the run-time
+    scalars, constexprs), or None where more dims than the kernels walk remain. A pure
+    function of the layout, cached: a training step repeats the same few layouts."""
+    n = math.prod(shape)
+    mask_strides = row_major(shape) if mask_strides is None else mask_strides
+    sizes, xs, ys, ls = walk_dims(shape, x_strides, y_strides, mask_strides)
+    if len(sizes) <= 1 and xs in ((), (1,)) and ys in ((), (1,)) and ls in ((), (1,)):
+        return "_dropout_kernel", (_cdiv(n + shift, block),), (n,), (), dict(BLOCK=block)
+    if len(sizes) > MAX_DIMS:
+        return None
+    if 0 in ls:
+        return _bcast_plan(sizes, xs, ys, ls, itemsize, shift, block, index32_limit)
+    plan = _grouped_plan(sizes, xs, ys, ls, itemsize, shift, block, index32_limit)
+    if plan is not None:
+        return plan
+    sizes, xs, ys, ls = _pad([sizes, xs, ys, ls], MAX_DIMS)
+    return ("_dropout_strided_kernel", (_cdiv(n, block),), (n,), (sizes[1], sizes[2], sizes[3], *xs, *ys, *ls),
+            dict(BLOCK=block))
 
 
 def _cdiv(a, b):
@@ -466,28 +485,20 @@ def launch(x, y, seed, offset, threshold, scale, block=BLOCK, *, mask_strides=No
     args = (signed_seed, base, threshold, _float_bits(scale), add_bits, drop_bits)
     is_affine = affine is not None
     # Contiguous x and y with the row-major mask: the common case, decided without walking dims.
-    contiguous = mask_strides is None and x.is_contiguous() and y.is_contiguous()
-    if not contiguous:
-        mask_strides = row_major(x.shape) if mask_strides is None else mask_strides
-        sizes, xs, ys, ls = walk_dims(x.shape, x.stride(), y.stride(), mask_strides)
-        contiguous = len(sizes) <= 1 and xs in ((), (1,)) and ys in ((), (1,)) and ls in ((), (1,))
-    if contiguous:
+    if mask_strides is None and x.is_contiguous() and y.is_contiguous():
         grid = (_cdiv(n + shift, block),)
         _dropout_kernel[grid](x, y, n, *args, SHIFT=shift, BLOCK=block, AFFINE=is_affine, SEED_PTR=seed_ptr,
                               num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
         return y
-    has_bcast = 0 in ls
-    if len(sizes) > MAX_DIMS:
-        return _launch_sliced(x, y, seed, offset, threshold, scale, block, mask_strides, affine)
-    if has_bcast:
-        return _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, is_affine, seed_ptr, block)
-    if _launch_grouped(x, y, n, sizes, xs, ys, ls, args, shift, is_affine, seed_ptr, block):
-        return y
-    sizes, xs, ys, ls = _pad([sizes, xs, ys, ls], MAX_DIMS)
-    grid = (_cdiv(n, block),)
-    _dropout_strided_kernel[grid](x, y, n, *args, sizes[1], sizes[2], sizes[3], *xs, *ys, *ls,
-                                  SHIFT=shift, BLOCK=block, AFFINE=is_affine, SEED_PTR=seed_ptr,
-                                  num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
+    plan = _plan(tuple(x.shape), x.stride(), y.stride(), None if mask_strides is None else tuple(mask_strides),
+                 x.element_size(), shift, block, INDEX32_LIMIT)
+    if plan is None:
+        return _launch_sliced(x, y, seed, offset, threshold, scale, block,
+                              row_major(x.shape) if mask_strides is None else mask_strides, affine)
+    name, grid, pre, post, const = plan
+    # Looked up at each call (not kept in the plan), so that a replaced kernel is the one run.
+    globals()[name][grid](x, y, *pre, *args, *post, SHIFT=shift, AFFINE=is_affine, SEED_PTR=seed_ptr, **const,
+                          num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
     return y
 
 
