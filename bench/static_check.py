@@ -388,8 +388,11 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="one JSON list of rows on stdout")
     ap.add_argument("--markdown", action="store_true", help="a Markdown table")
     ap.add_argument("--only", action="append", help="a call name (repeatable)")
+    ap.add_argument("--save", type=Path, help="also write the JSON rows to this file")
     args = ap.parse_args(argv)
     results = run_all(args.only)
+    if args.save:
+        args.save.write_text(json.dumps(results))
     if args.json:
         json.dump(results, sys.stdout)
         return 0
