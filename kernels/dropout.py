@@ -68,7 +68,7 @@ def _philox(seed, q):
     # Philox4x32-10 at counter (q mod 2**32, q >> 32, 0, 0), key = seed's two halves: the words
     # tl.philox returns, with each 32x32-bit product one 64-bit multiply (a single
     # IMAD.WIDE.U32 giving both halves, where tl.philox's umulhi and mul issue two).
-    seed = tl.to_tensor(seed).to(tl.uint64)
+    seed = seed.to(tl.uint64)
     k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
     k1 = (seed >> 32).to(tl.uint32)
     c0 = (q & 0xFFFFFFFF).to(tl.uint32)
@@ -95,12 +95,6 @@ def _block_keep(seed, q0, threshold, BLOCK: tl.constexpr, VEC: tl.constexpr):
     q = q0 + (VEC // 4) * tl.arange(0, BLOCK // VEC).to(tl.int64)
     r = tl.reshape(_col_words(seed, q[None, :], VEC), [BLOCK])
     return r.to(tl.int64) < threshold
-
-
-@triton.jit
-def _vec(dtype):
-    # Elements per 16-byte access, at least 4 (one Philox call's worth).
-    return tl.constexpr(max(4, 128 // dtype.primitive_bitwidth))
 
 
 @triton.jit
@@ -142,11 +136,11 @@ def _dropout_kernel(
     BLOCK: tl.constexpr,
     AFFINE: tl.constexpr,  # y = keep ? x * scale + add : drop, instead of keep ? x * scale : 0
     SEED_PTR: tl.constexpr,  # seed is a pointer to an int64 in device memory
+    VEC: tl.constexpr,  # elements per 16-byte access, at least 4 (vec_of)
 ):
     # Contiguous x and y. Each program owns BLOCK consecutive stream positions, so the four
     # words of each Philox call go to four consecutive elements.
-    keep, start, offs, inb = _contiguous_block(seed, base, threshold, n, SEED_PTR, SHIFT, BLOCK,
-                                               _vec(X_ptr.dtype.element_ty))
+    keep, start, offs, inb = _contiguous_block(seed, base, threshold, n, SEED_PTR, SHIFT, BLOCK, VEC)
     x = tl.load(X_ptr + start + offs, mask=inb)
     y = _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE)
     tl.store(Y_ptr + start + offs, y.to(Y_ptr.dtype.element_ty), mask=inb)
@@ -444,7 +438,8 @@ def _plan(shape, x_strides, y_strides, mask_strides, itemsize, shift, block, ind
     mask_strides = row_major(shape) if mask_strides is None else mask_strides
     sizes, xs, ys, ls = walk_dims(shape, x_strides, y_strides, mask_strides)
     if len(sizes) <= 1 and xs in ((), (1,)) and ys in ((), (1,)) and ls in ((), (1,)):
-        return "_dropout_kernel", (_cdiv(n + shift, block),), (n,), (), dict(BLOCK=block)
+        return ("_dropout_kernel", (_cdiv(n + shift, block),), (n,), (),
+                dict(BLOCK=block, VEC=max(4, 16 // itemsize)))
     if len(sizes) > MAX_DIMS:
         return None
     if 0 in ls:
@@ -455,6 +450,11 @@ def _plan(shape, x_strides, y_strides, mask_strides, itemsize, shift, block, ind
     sizes, xs, ys, ls = _pad([sizes, xs, ys, ls], MAX_DIMS)
     return ("_dropout_strided_kernel", (_cdiv(n, block),), (n,), (sizes[1], sizes[2], sizes[3], *xs, *ys, *ls),
             dict(BLOCK=block))
+
+
+def vec_of(x):
+    """Elements of x per 16-byte access, at least 4 (one Philox call's words)."""
+    return max(4, 16 // x.element_size())
 
 
 def _cdiv(a, b):
@@ -488,7 +488,7 @@ def launch(x, y, seed, offset, threshold, scale, block=BLOCK, *, mask_strides=No
     if mask_strides is None and x.is_contiguous() and y.is_contiguous():
         grid = (_cdiv(n + shift, block),)
         _dropout_kernel[grid](x, y, n, *args, SHIFT=shift, BLOCK=block, AFFINE=is_affine, SEED_PTR=seed_ptr,
-                              num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
+                              VEC=vec_of(x), num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
         return y
     plan = _plan(tuple(x.shape), x.stride(), y.stride(), None if mask_strides is None else tuple(mask_strides),
                  x.element_size(), shift, block, INDEX32_LIMIT)

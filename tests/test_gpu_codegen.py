@@ -61,7 +61,8 @@ def _contiguous(dtype, seed_ptr, small_ints=False):
     if small_ints:  # Triton types an int argument below 2**31 as i32: 0.0's bits at p == 1, seed 0
         sig.update(seed="i32", base="i32", threshold="i32", scale_bits="i32")
     ptx = compile_ptx(K._dropout_kernel, sig,
-                      {"SHIFT": 0, "BLOCK": K.BLOCK, "AFFINE": False, "SEED_PTR": seed_ptr},
+                      {"SHIFT": 0, "BLOCK": K.BLOCK, "AFFINE": False, "SEED_PTR": seed_ptr,
+                       "VEC": 8 if dtype in ("fp16", "bf16") else 4},
                       ["X_ptr", "Y_ptr", "n"])
     # 16-byte vector loads and stores: the kernel reads x once and writes y once at full width.
     assert set(re.findall(r"ld\.global[.\w]*", ptx)) & {"ld.global.v4.b32", "ld.global.v4.u32"}
@@ -93,7 +94,8 @@ def residual_kernel_compiles():
     from fastdrop.kernels import residual as R
     sig = {"X_ptr": "*fp16", "B_ptr": "*fp16", "R_ptr": "*fp16", "Y_ptr": "*fp16",
            **scalars(["n", "H", "seed", "base", "threshold", "scale_bits"], False)}
-    compile_ptx(R._dropout_add_kernel, sig, {"SHIFT": 0, "HAS_BIAS": True, "BLOCK": R.BLOCK, "SEED_PTR": False},
+    compile_ptx(R._dropout_add_kernel, sig, {"SHIFT": 0, "HAS_BIAS": True, "BLOCK": R.BLOCK, "SEED_PTR": False,
+                                                  "VEC": 8},
                 ["X_ptr", "B_ptr", "R_ptr", "Y_ptr", "n"])
 
 
