@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: the tests and the full benchmark on one NVIDIA GPU, offline and without pip,
-# in at most 8 minutes. Everything lands in OUTDIR: gpu_check.log, nvidia-smi.txt, pytest.log,
-# bench.log, the benchmark's CSV and plot, and report.md.
+# in under 9 minutes. Everything lands in OUTDIR: gpu_check.log, nvidia-smi.txt, pytest.log,
+# bench.log, the benchmark's CSV and plot, report.md, the static check (static_check.md/.json)
+# and the layouts benchmark next to it (layouts.log, layouts-<device>.csv/.md).
 #
 #   bench/gpu_check.sh OUTDIR
 #   PYTHON=python3.11 bench/gpu_check.sh OUTDIR   # the interpreter with torch and triton
@@ -12,10 +13,10 @@ out=${1:?usage: bench/gpu_check.sh OUTDIR}
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 repo=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
-# Time limits, seconds: 15 + 30 + 140 + 270 + 15 = 470 < 480.
-tests_s=140 bench_s=270
-full=--full
-[ "${QUICK:-0}" = 1 ] && full=
+# Time limits, seconds: 15 + 30 + 140 + 200 + 40 + 75 + 15 = 515 (under 9 minutes).
+tests_s=140 bench_s=200 static_s=40 layouts_s=75
+full=--full quick=
+[ "${QUICK:-0}" = 1 ] && full= quick=--quick
 
 log() { echo "[$(date +%T)] $*" | tee -a "$out/gpu_check.log"; }
 
@@ -62,6 +63,17 @@ timeout -k 10 "$bench_s" "$py" -m bench.microbench $full --out "$out" --budget $
     > "$out/bench.log" 2>&1
 rc=$?
 log "benchmark: rc $rc$([ $rc = 124 ] && echo ' (timed out)'): $(grep -h "^wrote .*csv" "$out/bench.log")"
+
+# The static model (sm_90 SASS of the kernels each listed call launches), then the same calls
+# measured, each next to its prediction: layouts-<device>.md.
+timeout -k 5 "$static_s" "$py" -m bench.static_check --markdown --save "$out/static_check.json" \
+    > "$out/static_check.md" 2>&1
+rc=$?
+log "static check: rc $rc$([ $rc = 124 ] && echo ' (timed out)')"
+timeout -k 10 "$layouts_s" "$py" -m bench.layouts --out "$out" --static "$out/static_check.json" \
+    --budget $((layouts_s - 25)) $quick > "$out/layouts.log" 2>&1
+rc=$?
+log "layouts: rc $rc$([ $rc = 124 ] && echo ' (timed out)'): $(grep -h "^wrote\|^no CUDA" "$out/layouts.log")"
 
 timeout 15 "$py" -m bench.report "$out" > "$out/report.md" 2>&1 || log "report: rc $?"
 log "done"

@@ -11,6 +11,8 @@ dropout, drop path, ``noise_shape``). With broadcast dims, ``_dropout_bcast_kern
 one Philox word per noise element and shares it along the broadcast dims.
 """
 
+import functools
+import math
 import struct
 
 import triton
@@ -21,8 +23,8 @@ from ..contract import row_major, signed64
 WORDS = 4  # 32-bit words per Philox call, one per element
 BLOCK = 2048
 NUM_WARPS = 4
-MAX_DIMS = 4  # dims the strided kernel walks after merging; more are walked slice by slice
-MAX_BCAST_DIMS = 3  # noise dims and broadcast dims the broadcast kernel walks, each
+MAX_DIMS = 4  # dims the strided and broadcast kernels walk after merging; more are walked slice by slice
+INDEX32_LIMIT = 2**31  # in-tile offsets below this take 32-bit index math
 
 
 @triton.jit
@@ -62,24 +64,46 @@ def _key(seed, SEED_PTR: tl.constexpr):
 
 
 @triton.jit
-def _block_keep(seed, q0, threshold, BLOCK: tl.constexpr):
-    # Keep bits of the BLOCK consecutive stream positions from 4 * q0 on: BLOCK // 4
-    # Philox calls, all four words used.
-    q = q0 + tl.arange(0, BLOCK // 4).to(tl.int64)
-    zero = tl.zeros_like(q).to(tl.uint32)
-    r0, r1, r2, r3 = tl.philox(seed, (q & 0xFFFFFFFF).to(tl.uint32), (q >> 32).to(tl.uint32), zero, zero)
-    # Interleave to r0[0], r1[0], r2[0], r3[0], r0[1], ...
-    r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [BLOCK])
+def _philox(seed, q):
+    # Philox4x32-10 at counter (q mod 2**32, q >> 32, 0, 0), key = seed's two halves: the words
+    # tl.philox returns, with each 32x32-bit product one 64-bit multiply (a single
+    # IMAD.WIDE.U32 giving both halves, where tl.philox's umulhi and mul issue two).
+    seed = seed.to(tl.uint64)
+    k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
+    k1 = (seed >> 32).to(tl.uint32)
+    c0 = (q & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (q >> 32).to(tl.uint32)
+    c2 = tl.zeros_like(c0)
+    c3 = tl.zeros_like(c0)
+    for _ in tl.static_range(10):
+        pa = c0.to(tl.uint64) * 0xD2511F53
+        pb = c2.to(tl.uint64) * 0xCD9E8D57
+        c0 = (pb >> 32).to(tl.uint32) ^ c1 ^ k0
+        c2 = (pa >> 32).to(tl.uint32) ^ c3 ^ k1
+        c1 = pb.to(tl.uint32)
+        c3 = pa.to(tl.uint32)
+        k0 = k0 + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _block_keep(seed, q0, threshold, BLOCK: tl.constexpr, VEC: tl.constexpr):
+    # Keep bits of the BLOCK consecutive stream positions from 4 * q0 on: BLOCK // 4 Philox
+    # calls, all four words used; each thread's VEC (4 or 8) consecutive positions in
+    # registers, the layout of its 16-byte accesses (see _col_words).
+    q = q0 + (VEC // 4) * tl.arange(0, BLOCK // VEC).to(tl.int64)
+    r = tl.reshape(_col_words(seed, q[None, :], VEC), [BLOCK])
     return r.to(tl.int64) < threshold
 
 
 @triton.jit
 def _contiguous_block(seed, base, threshold, n, SEED_PTR: tl.constexpr, SHIFT: tl.constexpr,
-                      BLOCK: tl.constexpr):
+                      BLOCK: tl.constexpr, VEC: tl.constexpr):
     # This program's BLOCK consecutive stream positions over contiguous tensors: keep bits,
     # the element index of the first (start), the in-block offsets and which are in bounds.
     pid = tl.program_id(0).to(tl.int64)
-    keep = _block_keep(_key(seed, SEED_PTR), base + pid * (BLOCK // 4), threshold, BLOCK)
+    keep = _block_keep(_key(seed, SEED_PTR), base + pid * (BLOCK // 4), threshold, BLOCK, VEC)
     # Scalar start + int32 arange keeps the contiguity the compiler needs to vectorize.
     start = pid * BLOCK - SHIFT
     offs = tl.arange(0, BLOCK)
@@ -94,8 +118,7 @@ def _word(seed, base, g):
     # The contract's 32-bit word of stream position 4 * base + g (g: int64 tensor), as int64.
     q = base + g // 4
     w = g % 4
-    zero = tl.zeros_like(q).to(tl.uint32)
-    r0, r1, r2, r3 = tl.philox(seed, (q & 0xFFFFFFFF).to(tl.uint32), (q >> 32).to(tl.uint32), zero, zero)
+    r0, r1, r2, r3 = _philox(seed, q)
     return tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3))).to(tl.int64)
 
 
@@ -113,10 +136,11 @@ def _dropout_kernel(
     BLOCK: tl.constexpr,
     AFFINE: tl.constexpr,  # y = keep ? x * scale + add : drop, instead of keep ? x * scale : 0
     SEED_PTR: tl.constexpr,  # seed is a pointer to an int64 in device memory
+    VEC: tl.constexpr,  # elements per 16-byte access, at least 4 (vec_of)
 ):
     # Contiguous x and y. Each program owns BLOCK consecutive stream positions, so the four
     # words of each Philox call go to four consecutive elements.
-    keep, start, offs, inb = _contiguous_block(seed, base, threshold, n, SEED_PTR, SHIFT, BLOCK)
+    keep, start, offs, inb = _contiguous_block(seed, base, threshold, n, SEED_PTR, SHIFT, BLOCK, VEC)
     x = tl.load(X_ptr + start + offs, mask=inb)
     y = _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE)
     tl.store(Y_ptr + start + offs, y.to(Y_ptr.dtype.element_ty), mask=inb)
@@ -149,47 +173,164 @@ def _dropout_strided_kernel(
     tl.store(Y_ptr + c0 * YS0 + c1 * YS1 + c2 * YS2 + c3 * YS3, y, mask=inb)
 
 
-@triton.jit
-def _split3(i, N1, N2):
-    # Row-major coordinates of flat index i over sizes (N0, N1, N2).
-    i2 = i % N2
-    t = i // N2
-    return t // N1, t % N1, i2
-
-
-@triton.jit(do_not_specialize=["M", "K", "seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits"])
-def _dropout_bcast_kernel(
-    X_ptr, Y_ptr,
-    M, K,                    # noise elements, broadcast positions per noise element (n = M * K)
-    seed, base, threshold, scale_bits, add_bits, drop_bits,
-    M1, M2,                  # sizes of walked noise dims 1..2 (dim 0 follows from M)
-    XM0, XM1, XM2, YM0, YM1, YM2, LM0, LM1, LM2,  # x, y and mask strides of the noise dims
-    K1, K2,                  # sizes of walked broadcast dims 1..2 (mask stride 0)
-    XK0, XK1, XK2, YK0, YK1, YK2,
+@triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits"])
+def _dropout_grouped_kernel(
+    X_ptr, Y_ptr, seed, base, threshold, scale_bits, add_bits, drop_bits,
+    O1, NG, I,               # sizes: outer dim 1 (dim 0 follows from the grid), groups of 4 along W, dim I
+    W,                       # the W dim's size (the logical innermost dim, mask stride 1), a multiple of 4
+    XO0, XO1, XW, XI,        # x strides of the outer dims, W and I
+    YO0, YO1, YW, YI,        # y strides
+    QO0, QO1, QI,            # mask strides / 4 of the outer dims and I (multiples of W, so of 4)
     SHIFT: tl.constexpr, AFFINE: tl.constexpr, SEED_PTR: tl.constexpr,
-    M_INNER: tl.constexpr,   # the innermost memory dim is a noise dim: tiles are [BLOCK_K, BLOCK_M]
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_I: tl.constexpr,
+    VEC: tl.constexpr,       # elements per 16-byte access along I
+    IDX64: tl.constexpr,     # some element offset needs more than 31 bits
 ):
-    # One Philox word per noise element (a channel, a sample), shared by its BLOCK_K
-    # broadcast positions: channel dropout costs 1/K of the Philox work of plain dropout.
-    pid = tl.program_id(0).to(tl.int64)
-    num_k = tl.cdiv(K, BLOCK_K)
-    m = (pid // num_k) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    k = (pid % num_k) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
-    m0, m1, m2 = _split3(m, M1, M2)
-    k0, k1, k2 = _split3(k, K1, K2)
-    keep = _word(_key(seed, SEED_PTR), base, m0 * LM0 + m1 * LM1 + m2 * LM2 + SHIFT) < threshold
-    xm, ym = m0 * XM0 + m1 * XM1 + m2 * XM2, m0 * YM0 + m1 * YM1 + m2 * YM2
-    xk, yk = k0 * XK0 + k1 * XK1 + k2 * XK2, k0 * YK0 + k1 * YK1 + k2 * YK2
-    if M_INNER:
-        xo, yo, keep = xk[:, None] + xm[None, :], yk[:, None] + ym[None, :], keep[None, :]
-        inb = (k < K)[:, None] & (m < M)[None, :]
+    # Any strides where the logical innermost dim W (size a multiple of 4) is not the memory
+    # innermost dim I: channels-last tensors, transposed views. A tile is BLOCK_G groups of 4
+    # consecutive W positions by BLOCK_I positions along I: each Philox call serves the four
+    # W positions of its group (the contract's four consecutive elements), and each of the
+    # four loads and stores runs along I, contiguous in memory. Reads x once, writes y once.
+    pid = tl.program_id(0)
+    num_i = tl.cdiv(I, BLOCK_I)
+    num_g = tl.cdiv(NG, BLOCK_G)
+    ib = pid % num_i
+    t = pid // num_i
+    gb = t % num_g
+    t = t // num_g
+    o1 = t % O1
+    o0 = (t // O1).to(tl.int64)  # scalars: the row's offsets in 64 bits, once per program
+    xo = o0 * XO0 + o1.to(tl.int64) * XO1
+    yo = o0 * YO0 + o1.to(tl.int64) * YO1
+    qo = base + o0 * QO0 + o1.to(tl.int64) * QO1
+    it = tl.int64 if IDX64 else tl.int32
+    k = (gb * BLOCK_G + tl.arange(0, BLOCK_G)).to(it)
+    i = (ib * BLOCK_I + tl.arange(0, BLOCK_I)).to(it)
+    # Counter of group k at position i: qo + k + i * QI. Words for VEC consecutive i per
+    # thread: the layout of the 16-byte accesses (see _philox_interleaved).
+    u = (ib * BLOCK_I + VEC * tl.arange(0, BLOCK_I // VEC)).to(it)
+    q = qo + (k[:, None] + (u * QI)[None, :])
+    r0, r1, r2, r3 = _philox_interleaved(_key(seed, SEED_PTR), q, QI, VEC)
+    in_i = (i < I)[None, :]
+    xi, yi = (i * XI)[None, :], (i * YI)[None, :]
+    for j in tl.static_range(4):
+        r = r0 if j == 0 else (r1 if j == 1 else (r2 if j == 2 else r3))
+        w = (4 * k + (j - SHIFT))[:, None]  # element j of each group sits at W position w
+        inb = in_i & (w >= 0) & (w < W)
+        x = tl.load(X_ptr + xo + (w * XW + xi), mask=inb)
+        y = _apply(x, r.to(tl.int64) < threshold, scale_bits, add_bits, drop_bits, AFFINE)
+        tl.store(Y_ptr + yo + (w * YW + yi), y.to(Y_ptr.dtype.element_ty), mask=inb)
+
+
+@triton.jit
+def _interleave(t0, t1, t2, t3, t4, t5, t6, t7, VEC: tl.constexpr):
+    # [A, B] tiles t0.. -> [A, B * VEC] with column b * VEC + v from t_v (the first VEC used).
+    if VEC == 1:
+        t = t0
+    elif VEC == 2:
+        t = tl.join(t0, t1)
+    elif VEC == 4:
+        t = tl.join(tl.join(t0, t2), tl.join(t1, t3))
     else:
-        xo, yo, keep = xm[:, None] + xk[None, :], ym[:, None] + yk[None, :], keep[:, None]
-        inb = (m < M)[:, None] & (k < K)[None, :]
-    x = tl.load(X_ptr + xo, mask=inb)
+        t = tl.join(tl.join(tl.join(t0, t4), tl.join(t2, t6)), tl.join(tl.join(t1, t5), tl.join(t3, t7)))
+    return tl.reshape(t, [t0.shape[0], t0.shape[1] * VEC])
+
+
+@triton.jit
+def _philox_interleaved(seed, q, step, VEC: tl.constexpr):
+    # The four Philox words at counters q[:, b] + v * step, each [A, B * VEC] with the word
+    # of counter q[:, b] + v * step in column b * VEC + v. Philox runs on the [A, B] tiles and
+    # its words are joined after, so that each thread holds VEC consecutive columns: the
+    # layout of 16-byte accesses, reached in registers (joining counters instead makes
+    # Triton pass through shared memory).
+    a0, b0, c0, d0 = _philox(seed, q)
+    a1, b1, c1, d1 = a0, b0, c0, d0
+    a2, b2, c2, d2 = a0, b0, c0, d0
+    a3, b3, c3, d3 = a0, b0, c0, d0
+    a4, b4, c4, d4 = a0, b0, c0, d0
+    a5, b5, c5, d5 = a0, b0, c0, d0
+    a6, b6, c6, d6 = a0, b0, c0, d0
+    a7, b7, c7, d7 = a0, b0, c0, d0
+    if VEC >= 2:
+        a1, b1, c1, d1 = _philox(seed, q + step)
+    if VEC >= 4:
+        a2, b2, c2, d2 = _philox(seed, q + 2 * step)
+        a3, b3, c3, d3 = _philox(seed, q + 3 * step)
+    if VEC >= 8:
+        a4, b4, c4, d4 = _philox(seed, q + 4 * step)
+        a5, b5, c5, d5 = _philox(seed, q + 5 * step)
+        a6, b6, c6, d6 = _philox(seed, q + 6 * step)
+        a7, b7, c7, d7 = _philox(seed, q + 7 * step)
+    return (_interleave(a0, a1, a2, a3, a4, a5, a6, a7, VEC), _interleave(b0, b1, b2, b3, b4, b5, b6, b7, VEC),
+            _interleave(c0, c1, c2, c3, c4, c5, c6, c7, VEC), _interleave(d0, d1, d2, d3, d4, d5, d6, d7, VEC))
+
+
+# Where the keep bit of a broadcast-kernel tile comes from (the KEEP argument).
+KEEP_SCALAR, KEEP_ROW, KEEP_COL, KEEP_COL4, KEEP_ELEM = (tl.constexpr(i) for i in range(5))
+
+
+@triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits"])
+def _dropout_bcast_kernel(
+    X_ptr, Y_ptr, seed, base, threshold, scale_bits, add_bits, drop_bits,
+    O1, A, B,                # sizes: outer dim 1 (dim 0 follows from the grid), tile dims A and B
+    XO0, XO1, XA, XB,        # x strides (B: the memory-innermost dim)
+    YO0, YO1, YA, YB,        # y strides
+    LO0, LO1, LA, LB,        # mask strides, 0 along broadcast dims
+    SHIFT: tl.constexpr, AFFINE: tl.constexpr, SEED_PTR: tl.constexpr,
+    KEEP: tl.constexpr,      # KEEP_*: one bit per program, per row a, per column b, per element
+    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+    VEC: tl.constexpr,       # elements per 16-byte access along B
+    IDX64: tl.constexpr,     # some in-tile element offset needs more than 31 bits
+):
+    # Noise shapes (channel dropout, drop path, noise_shape): up to four walked dims, two
+    # outer ones per program and a [BLOCK_A, BLOCK_B] tile over the two innermost, loads and
+    # stores 16 bytes wide along B. A keep bit is drawn once per noise element in the tile
+    # and shared along the broadcast dims. Reads x once, writes y once.
+    pid = tl.program_id(0)
+    num_b = tl.cdiv(B, BLOCK_B)
+    num_a = tl.cdiv(A, BLOCK_A)
+    bb = pid % num_b
+    t = pid // num_b
+    ab = t % num_a
+    t = t // num_a
+    o1 = (t % O1).to(tl.int64)
+    o0 = (t // O1).to(tl.int64)
+    xo = o0 * XO0 + o1 * XO1
+    yo = o0 * YO0 + o1 * YO1
+    go = o0 * LO0 + o1 * LO1 + SHIFT  # stream position of the tile's origin, past 4 * base
+    it = tl.int64 if IDX64 else tl.int32
+    a = (ab * BLOCK_A + tl.arange(0, BLOCK_A)).to(it)
+    b = (bb * BLOCK_B + tl.arange(0, BLOCK_B)).to(it)
+    key = _key(seed, SEED_PTR)
+    if KEEP == KEEP_SCALAR:
+        keep = _word(key, base, go) < threshold
+    elif KEEP == KEEP_ROW:
+        keep = (_word(key, base, go + a.to(tl.int64) * LA) < threshold)[:, None]
+    elif KEEP == KEEP_COL:
+        keep = (_word(key, base, go + b.to(tl.int64) * LB) < threshold)[None, :]
+    elif KEEP == KEEP_COL4:
+        # Mask stride 1 along B and the tile's first column at a multiple of 4: four
+        # consecutive columns share a Philox call, each thread's VEC columns 1 or 2 calls.
+        u = (bb * BLOCK_B + VEC * tl.arange(0, BLOCK_B // VEC)).to(tl.int64)
+        q = (base + go // 4 + u // 4)[None, :]
+        keep = _col_words(key, q, VEC).to(tl.int64) < threshold
+    else:
+        keep = _word(key, base, go + a.to(tl.int64)[:, None] * LA + b.to(tl.int64)[None, :] * LB) < threshold
+    inb = (a < A)[:, None] & (b < B)[None, :]
+    x = tl.load(X_ptr + xo + ((a * XA)[:, None] + (b * XB)[None, :]), mask=inb)
     y = _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE).to(Y_ptr.dtype.element_ty)
-    tl.store(Y_ptr + yo, y, mask=inb)
+    tl.store(Y_ptr + yo + ((a * YA)[:, None] + (b * YB)[None, :]), y, mask=inb)
+
+
+@triton.jit
+def _col_words(seed, q, VEC: tl.constexpr):
+    # [1, U] counters, one per VEC columns -> [1, U * VEC] words: column VEC * u + v takes
+    # word v % 4 of the call at counter q[u] + v // 4 (VEC: 4 or 8).
+    a0, b0, c0, d0 = _philox(seed, q)
+    a1, b1, c1, d1 = a0, b0, c0, d0
+    if VEC == 8:
+        a1, b1, c1, d1 = _philox(seed, q + 1)
+    return _interleave(a0, b0, c0, d0, a1, b1, c1, d1, VEC)
 
 
 def walk_dims(shape, x_strides, y_strides, mask_strides):
@@ -223,26 +364,97 @@ def _pad(cols, width):
     return [(1,) * pad + cols[0]] + [(0,) * pad + c for c in cols[1:]]
 
 
-def _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, affine, seed_ptr, block):
-    noise = [i for i in range(len(sizes)) if ls[i] != 0]
-    bcast = [i for i in range(len(sizes)) if ls[i] == 0]
-    msz, mx, my, ml = _pad([tuple(col[i] for i in noise) for col in (sizes, xs, ys, ls)], MAX_BCAST_DIMS)
-    ksz, kx, ky = _pad([tuple(col[i] for i in bcast) for col in (sizes, xs, ys)], MAX_BCAST_DIMS)
-    M = 1
-    for s in msz:
-        M *= s
-    K = n // M
-    m_inner = ls[-1] != 0
-    # The tile shape is a speed choice only: the mask depends on the noise index alone.
-    inner = min(triton.next_power_of_2(M if m_inner else K), max(block // 2, 1))
-    outer = max(block // inner, 1)
-    block_m, block_k = (inner, outer) if m_inner else (outer, inner)
-    grid = (_cdiv(M, block_m) * _cdiv(K, block_k),)
-    _dropout_bcast_kernel[grid](x, y, M, K, *args, msz[1], msz[2], *mx, *my, *ml, ksz[1], ksz[2], *kx, *ky,
-                                SHIFT=shift, AFFINE=affine, SEED_PTR=seed_ptr,
-                                M_INNER=m_inner, BLOCK_M=block_m,
-                                BLOCK_K=block_k, num_warps=NUM_WARPS, enable_fp_fusion=not affine)
-    return y
+def _tile(extent, cap):
+    # A power-of-two tile length for a dim of this extent: the longest up to cap whose
+    # padding stays within 1/16 of the extent, else the one with the least padding.
+    best = None
+    t = min(triton.next_power_of_2(extent), cap)
+    while t >= 1:
+        waste = _cdiv(extent, t) * t - extent
+        if waste * 16 <= extent:
+            return t
+        if best is None or waste < best[0]:
+            best = (waste, t)
+        t //= 2
+    return best[1]
+
+
+def _bcast_plan(sizes, xs, ys, ls, itemsize, shift, block, index32_limit):
+    # At most 4 walked dims: [O0, O1, A, B], B innermost in memory.
+    osz, ox, oy, ol = _pad([col[:-2] for col in (sizes, xs, ys, ls)], 2) if len(sizes) > 2 else \
+        [(1, 1), (0, 0), (0, 0), (0, 0)]
+    (A, B), (xa, xb), (ya, yb), (la, lb) = _pad([col[-2:] for col in (sizes, xs, ys, ls)], 2)
+    vec = 16 // itemsize
+    if la == 0 and lb == 0:
+        keep = KEEP_SCALAR
+    elif la == 0 or lb == 0:
+        keep = KEEP_ROW if lb == 0 else KEEP_COL
+        if keep == KEEP_COL and lb == 1 and vec >= 4 and shift == 0 and all(s % 4 == 0 for s in ol + (la,)):
+            keep = KEEP_COL4
+    else:
+        keep = KEEP_ELEM
+    block_b = _tile(B, 1024)
+    if keep == KEEP_COL4:
+        block_b = max(block_b, vec)
+    block_a = min(max(block // block_b, 1), triton.next_power_of_2(A))
+    span = max((A - 1) * xa + (B - 1) * xb, (A - 1) * ya + (B - 1) * yb)
+    grid = (osz[0] * osz[1] * _cdiv(A, block_a) * _cdiv(B, block_b),)
+    return ("_dropout_bcast_kernel", grid, (), (osz[1], A, B, *ox, xa, xb, *oy, ya, yb, *ol, la, lb),
+            dict(KEEP=keep.value, BLOCK_A=block_a, BLOCK_B=block_b, VEC=min(vec, block_b),
+                 IDX64=span >= index32_limit))
+
+
+def _grouped_plan(sizes, xs, ys, ls, itemsize, shift, block, index32_limit):
+    # The grouped kernel where it applies: W (mask stride 1) a multiple of 4 and not the
+    # memory innermost dim, at most 2 more dims. None where it does not.
+    if 1 not in ls[:-1]:
+        return None
+    w = ls.index(1)
+    W = sizes[w]
+    if W % 4 or any(ls[d] % W for d in range(len(ls)) if d != w):
+        return None
+    rest = [d for d in range(len(sizes) - 1) if d != w]
+    osz, ox, oy, oq = _pad([tuple(col[d] for d in rest) for col in (sizes, xs, ys, ls)], 2)
+    I = sizes[-1]
+    ng = (W + shift + 3) // 4
+    # 32-bit index math where every in-tile element offset and counter step fits in 31 bits.
+    span = max((I - 1) * st[-1] + (W + 3) * st[w] for st in (xs, ys))
+    idx64 = max(span, ng + (I - 1) * (ls[-1] // 4)) >= index32_limit
+    block_i = min(triton.next_power_of_2(I), 64)
+    # A 4096-element tile: 32 elements per thread, 8 Philox calls, 16-byte accesses along I.
+    block_g = max(2 * block // (4 * block_i), 1)
+    grid = (osz[0] * osz[1] * _cdiv(ng, block_g) * _cdiv(I, block_i),)
+    return ("_dropout_grouped_kernel", grid, (),
+            (osz[1], ng, I, W, *ox, xs[w], xs[-1], *oy, ys[w], ys[-1], oq[0] // 4, oq[1] // 4, ls[-1] // 4),
+            dict(BLOCK_G=block_g, BLOCK_I=block_i, VEC=min(16 // itemsize, block_i), IDX64=idx64))
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(shape, x_strides, y_strides, mask_strides, itemsize, shift, block, index32_limit):
+    """How to launch one layout: (kernel name, grid, args before and after the run-time
+    scalars, constexprs), or None where more dims than the kernels walk remain. A pure
+    function of the layout, cached: a training step repeats the same few layouts."""
+    n = math.prod(shape)
+    mask_strides = row_major(shape) if mask_strides is None else mask_strides
+    sizes, xs, ys, ls = walk_dims(shape, x_strides, y_strides, mask_strides)
+    if len(sizes) <= 1 and xs in ((), (1,)) and ys in ((), (1,)) and ls in ((), (1,)):
+        return ("_dropout_kernel", (_cdiv(n + shift, block),), (n,), (),
+                dict(BLOCK=block, VEC=max(4, 16 // itemsize)))
+    if len(sizes) > MAX_DIMS:
+        return None
+    if 0 in ls:
+        return _bcast_plan(sizes, xs, ys, ls, itemsize, shift, block, index32_limit)
+    plan = _grouped_plan(sizes, xs, ys, ls, itemsize, shift, block, index32_limit)
+    if plan is not None:
+        return plan
+    sizes, xs, ys, ls = _pad([sizes, xs, ys, ls], MAX_DIMS)
+    return ("_dropout_strided_kernel", (_cdiv(n, block),), (n,), (sizes[1], sizes[2], sizes[3], *xs, *ys, *ls),
+            dict(BLOCK=block))
+
+
+def vec_of(x):
+    """Elements of x per 16-byte access, at least 4 (one Philox call's words)."""
+    return max(4, 16 // x.element_size())
 
 
 def _cdiv(a, b):
@@ -273,28 +485,20 @@ def launch(x, y, seed, offset, threshold, scale, block=BLOCK, *, mask_strides=No
     args = (signed_seed, base, threshold, _float_bits(scale), add_bits, drop_bits)
     is_affine = affine is not None
     # Contiguous x and y with the row-major mask: the common case, decided without walking dims.
-    contiguous = mask_strides is None and x.is_contiguous() and y.is_contiguous()
-    if not contiguous:
-        mask_strides = row_major(x.shape) if mask_strides is None else mask_strides
-        sizes, xs, ys, ls = walk_dims(x.shape, x.stride(), y.stride(), mask_strides)
-        contiguous = len(sizes) <= 1 and xs in ((), (1,)) and ys in ((), (1,)) and ls in ((), (1,))
-    if contiguous:
+    if mask_strides is None and x.is_contiguous() and y.is_contiguous():
         grid = (_cdiv(n + shift, block),)
         _dropout_kernel[grid](x, y, n, *args, SHIFT=shift, BLOCK=block, AFFINE=is_affine, SEED_PTR=seed_ptr,
-                              num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
+                              VEC=vec_of(x), num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
         return y
-    has_bcast = 0 in ls
-    n_noise = sum(1 for s in ls if s != 0)
-    if (len(sizes) > MAX_DIMS if not has_bcast
-            else max(n_noise, len(ls) - n_noise) > MAX_BCAST_DIMS):
-        return _launch_sliced(x, y, seed, offset, threshold, scale, block, mask_strides, affine)
-    if has_bcast:
-        return _launch_bcast(x, y, n, sizes, xs, ys, ls, args, shift, is_affine, seed_ptr, block)
-    sizes, xs, ys, ls = _pad([sizes, xs, ys, ls], MAX_DIMS)
-    grid = (_cdiv(n, block),)
-    _dropout_strided_kernel[grid](x, y, n, *args, sizes[1], sizes[2], sizes[3], *xs, *ys, *ls,
-                                  SHIFT=shift, BLOCK=block, AFFINE=is_affine, SEED_PTR=seed_ptr,
-                                  num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
+    plan = _plan(tuple(x.shape), x.stride(), y.stride(), None if mask_strides is None else tuple(mask_strides),
+                 x.element_size(), shift, block, INDEX32_LIMIT)
+    if plan is None:
+        return _launch_sliced(x, y, seed, offset, threshold, scale, block,
+                              row_major(x.shape) if mask_strides is None else mask_strides, affine)
+    name, grid, pre, post, const = plan
+    # Looked up at each call (not kept in the plan), so that a replaced kernel is the one run.
+    globals()[name][grid](x, y, *pre, *args, *post, SHIFT=shift, AFFINE=is_affine, SEED_PTR=seed_ptr, **const,
+                          num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
     return y
 
 

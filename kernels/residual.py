@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from ..contract import signed64
-from .dropout import BLOCK, NUM_WARPS, WORDS, _cdiv, _contiguous_block, _f64, _float_bits
+from .dropout import BLOCK, NUM_WARPS, WORDS, _cdiv, _contiguous_block, _f64, _float_bits, vec_of
 
 
 @triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits"])
@@ -19,8 +19,9 @@ def _dropout_add_kernel(
     H,           # bias length: the size of x's last dim
     seed, base, threshold, scale_bits,  # as in kernels.dropout._dropout_kernel
     SHIFT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, SEED_PTR: tl.constexpr,
+    VEC: tl.constexpr,  # elements per 16-byte access, at least 4
 ):
-    keep, start, offs, inb = _contiguous_block(seed, base, threshold, n, SEED_PTR, SHIFT, BLOCK)
+    keep, start, offs, inb = _contiguous_block(seed, base, threshold, n, SEED_PTR, SHIFT, BLOCK, VEC)
     x = tl.load(X_ptr + start + offs, mask=inb)
     # float32 arithmetic for 16/32-bit types, float64 for float64; one rounding at the store.
     ct = tl.float64 if x.dtype == tl.float64 else tl.float32
@@ -48,5 +49,6 @@ def launch(x, bias, residual, y, seed, offset, threshold, scale, block=BLOCK):
     # No fp fusion: (x + bias) * scale + residual rounds like the CPU path's separate ops.
     _dropout_add_kernel[grid](x, x if bias is None else bias, residual, y, n, width,
                               seed, base, threshold, _float_bits(scale), SHIFT=shift, HAS_BIAS=bias is not None,
-                              BLOCK=block, SEED_PTR=seed_ptr, num_warps=NUM_WARPS, enable_fp_fusion=False)
+                              BLOCK=block, SEED_PTR=seed_ptr, VEC=vec_of(x), num_warps=NUM_WARPS,
+                              enable_fp_fusion=False)
     return y

@@ -61,37 +61,45 @@ def _contiguous(dtype, seed_ptr, small_ints=False):
     if small_ints:  # Triton types an int argument below 2**31 as i32: 0.0's bits at p == 1, seed 0
         sig.update(seed="i32", base="i32", threshold="i32", scale_bits="i32")
     ptx = compile_ptx(K._dropout_kernel, sig,
-                      {"SHIFT": 0, "BLOCK": K.BLOCK, "AFFINE": False, "SEED_PTR": seed_ptr},
+                      {"SHIFT": 0, "BLOCK": K.BLOCK, "AFFINE": False, "SEED_PTR": seed_ptr,
+                       "VEC": 8 if dtype in ("fp16", "bf16") else 4},
                       ["X_ptr", "Y_ptr", "n"])
     # 16-byte vector loads and stores: the kernel reads x once and writes y once at full width.
     assert set(re.findall(r"ld\.global[.\w]*", ptx)) & {"ld.global.v4.b32", "ld.global.v4.u32"}
     assert set(re.findall(r"st\.global[.\w]*", ptx)) & {"st.global.v4.b32", "st.global.v4.u32"}
-    assert "mul.hi.u32" in ptx  # Philox, not a float RNG
+    assert "mul.wide.u32" in ptx  # Philox (each product one wide multiply), not a float RNG
 
 
-def strided_and_broadcast_kernels_compile():
+def strided_grouped_and_broadcast_kernels_compile():
     from fastdrop.kernels import dropout as K
     names = ["n", "seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits", "S1", "S2", "S3"]
     names += [f"{k}S{i}" for k in "XYL" for i in range(4)]
     compile_ptx(K._dropout_strided_kernel, {"X_ptr": "*bf16", "Y_ptr": "*bf16", **scalars(names, True)},
                 {"SHIFT": 1, "BLOCK": K.BLOCK, "AFFINE": True, "SEED_PTR": True}, ["X_ptr", "Y_ptr"])
-    names = ["M", "K", "seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits", "M1", "M2"]
-    names += [f"{k}M{i}" for k in "XYL" for i in range(3)] + ["K1", "K2"]
-    names += [f"{k}K{i}" for k in "XY" for i in range(3)]
-    compile_ptx(K._dropout_bcast_kernel, {"X_ptr": "*fp32", "Y_ptr": "*fp32", **scalars(names, False)},
-                {"SHIFT": 0, "AFFINE": False, "SEED_PTR": False, "M_INNER": True, "BLOCK_M": 64, "BLOCK_K": 32},
-                ["X_ptr", "Y_ptr"])
+    names = ["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits", "O1", "A", "B"]
+    names += [f"{k}{d}" for k in "XYL" for d in ("O0", "O1", "A", "B")]
+    for keep in range(5):
+        compile_ptx(K._dropout_bcast_kernel, {"X_ptr": "*fp32", "Y_ptr": "*fp32", **scalars(names, keep == 0)},
+                    {"SHIFT": 0, "AFFINE": keep == 1, "SEED_PTR": keep == 0, "KEEP": keep, "BLOCK_A": 32,
+                     "BLOCK_B": 64, "VEC": 4, "IDX64": keep == 2}, ["X_ptr", "Y_ptr"])
+    names = ["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits", "O1", "NG", "I", "W"]
+    names += [f"{k}{d}" for k in "XY" for d in ("O0", "O1", "W", "I")] + ["QO0", "QO1", "QI"]
+    for vec, dtype in ((8, "fp16"), (4, "fp32"), (2, "fp64")):
+        compile_ptx(K._dropout_grouped_kernel, {"X_ptr": f"*{dtype}", "Y_ptr": f"*{dtype}", **scalars(names, True)},
+                    {"SHIFT": 3, "AFFINE": True, "SEED_PTR": True, "BLOCK_G": 16, "BLOCK_I": 64, "VEC": vec,
+                     "IDX64": vec == 2}, ["X_ptr", "Y_ptr"])
 
 
 def residual_kernel_compiles():
     from fastdrop.kernels import residual as R
     sig = {"X_ptr": "*fp16", "B_ptr": "*fp16", "R_ptr": "*fp16", "Y_ptr": "*fp16",
            **scalars(["n", "H", "seed", "base", "threshold", "scale_bits"], False)}
-    compile_ptx(R._dropout_add_kernel, sig, {"SHIFT": 0, "HAS_BIAS": True, "BLOCK": R.BLOCK, "SEED_PTR": False},
+    compile_ptx(R._dropout_add_kernel, sig, {"SHIFT": 0, "HAS_BIAS": True, "BLOCK": R.BLOCK, "SEED_PTR": False,
+                                                  "VEC": 8},
                 ["X_ptr", "B_ptr", "R_ptr", "Y_ptr", "n"])
 
 
-CASES = [contiguous_kernel_compiles_with_16_byte_loads, strided_and_broadcast_kernels_compile,
+CASES = [contiguous_kernel_compiles_with_16_byte_loads, strided_grouped_and_broadcast_kernels_compile,
          residual_kernel_compiles]
 
 if __name__ == "__main__":

@@ -169,6 +169,106 @@ def test_kernel_gradcheck():
 
 
 # ---------------------------------------------------------------------------------------
+# Layout kernels: which kernel a layout takes, and bit-identity with the CPU path there.
+
+
+class _Spy:
+    def __init__(self, fn, name, seen):
+        self.fn, self.name, self.seen = fn, name, seen
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            # The broadcast kernel's name carries its keep mode: "_dropout_bcast_kernel/ROW".
+            mode = [m for m in MODES if kwargs.get("KEEP") == getattr(kernels, m).value]
+            self.seen.append(self.name + "".join("/" + m[5:] for m in mode))
+            return self.fn[grid](*args, **kwargs)
+        return run
+
+
+MODES = ["KEEP_SCALAR", "KEEP_ROW", "KEEP_COL", "KEEP_COL4", "KEEP_ELEM"]
+
+
+@pytest.fixture
+def kernels_run(monkeypatch):
+    """Names of the kernels launched, in order."""
+    seen = []
+    for name, fn in list(vars(kernels).items()):
+        if name.endswith("_kernel") and name.startswith("_"):
+            monkeypatch.setattr(kernels, name, _Spy(fn, name, seen))
+    return seen
+
+
+GROUPED = {  # the logical innermost dim a multiple of 4, not innermost in memory
+    # 70 channels: two tiles along C, the second ragged
+    "channels_last": lambda dt: nonzero_randn((2, 70, 3, 8), dt).contiguous(memory_format=torch.channels_last),
+    "channels_last_3d": lambda dt: nonzero_randn((2, 3, 2, 3, 4), dt).contiguous(
+        memory_format=torch.channels_last_3d),
+    "transposed": lambda dt: nonzero_randn((12, 20), dt).t(),
+}
+
+
+@pytest.mark.parametrize("offset", [0, 3])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", list(GROUPED))
+def test_grouped_kernel_equals_cpu_path(shape, dtype, offset, kernels_run):
+    x = GROUPED[shape](dtype)
+    seed, p = 0x0123_4567_89AB_CDEF, 0.3
+    y_kernel = fastdrop.dropout(on_device(x), p, seed=seed, offset=offset, backend="triton")
+    assert kernels_run == ["_dropout_grouped_kernel"]
+    assert y_kernel.stride() == x.stride()
+    assert_kernel_matches(y_kernel, fastdrop.dropout(x, p, seed=seed, offset=offset, backend="cpu"))
+
+
+def test_grouped_kernel_64_bit_indices_and_alpha(monkeypatch, kernels_run):
+    monkeypatch.setattr(kernels, "INDEX32_LIMIT", 0)  # every offset takes the 64-bit path
+    x = GROUPED["channels_last"](torch.float32)
+    for fn in (fastdrop.dropout, fastdrop.alpha_dropout):
+        kw = dict(training=True) if fn is fastdrop.alpha_dropout else {}
+        y_kernel = fn(on_device(x), 0.2, seed=77, offset=5, backend="triton", **kw)
+        assert_kernel_matches(y_kernel, fn(x, 0.2, seed=77, offset=5, backend="cpu", **kw))
+    assert kernels_run == ["_dropout_grouped_kernel"] * 2
+
+
+BCAST = {  # x, noise shape, the keep mode at offset 0 for 16/32-bit types
+    "channels_last": (lambda dt: nonzero_randn((2, 8, 3, 5), dt).contiguous(memory_format=torch.channels_last),
+                      (2, 8, 1, 1), "COL4"),
+    "channels_last_ragged": (lambda dt: nonzero_randn((2, 12, 3, 1), dt).contiguous(
+        memory_format=torch.channels_last), (2, 12, 1, 1), "COL4"),
+    "contiguous": (lambda dt: nonzero_randn((6, 5, 3, 7), dt), (6, 5, 1, 1), "ROW"),
+    "middle_dim": (lambda dt: nonzero_randn((3, 5, 12), dt), (1, 5, 1), "ROW"),
+    "one_bit": (lambda dt: nonzero_randn((3, 5, 12), dt), (1, 1, 1), "SCALAR"),
+    "two_noise_dims": (lambda dt: nonzero_randn((3, 6, 5), dt).transpose(1, 2), (1, 5, 6), "ELEM"),
+}
+
+
+@pytest.mark.parametrize("offset", [0, 3])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("case", list(BCAST))
+def test_bcast_kernel_equals_cpu_path(case, dtype, offset, kernels_run):
+    make, noise, mode = BCAST[case]
+    x = make(dtype)
+    seed, p = 0x0123_4567_89AB_CDEF, 0.5
+    y_kernel = fastdrop.noise_dropout(on_device(x), p, noise, seed=seed, offset=offset, backend="triton")
+    # Four columns share a Philox call only from a multiple of 4 on, and 16-byte accesses
+    # hold 4 or 8 of them for 16/32-bit types; other cases draw a word per column.
+    if mode == "COL4" and (offset % 4 or dtype == torch.float64):
+        mode = "COL"
+    assert kernels_run == [f"_dropout_bcast_kernel/{mode}"]
+    assert y_kernel.stride() == x.stride()
+    assert_kernel_matches(y_kernel, fastdrop.noise_dropout(x, p, noise, seed=seed, offset=offset, backend="cpu"))
+
+
+def test_bcast_kernel_64_bit_indices(monkeypatch, kernels_run):
+    monkeypatch.setattr(kernels, "INDEX32_LIMIT", 0)
+    for case in ("channels_last", "contiguous"):
+        make, noise, _ = BCAST[case]
+        x = make(torch.float32)
+        y_kernel = fastdrop.noise_dropout(on_device(x), 0.4, noise, seed=9, offset=8, backend="triton")
+        assert_kernel_matches(y_kernel, fastdrop.noise_dropout(x, 0.4, noise, seed=9, offset=8, backend="cpu"))
+    assert kernels_run == ["_dropout_bcast_kernel/COL4", "_dropout_bcast_kernel/ROW"]
+
+
+# ---------------------------------------------------------------------------------------
 # Philox inside a kernel: tl.philox on the Random123 vectors equals fastdrop.philox.
 
 
