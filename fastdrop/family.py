@@ -32,7 +32,14 @@ from ._masked import Mask, MaskedDropout, check_call_args, masked, seed_offset
 SELU_ALPHA = 1.7580993408473766
 
 
-@torch._dynamo.assume_constant_result  # depends on (p, dtype) only: a constant of a compiled graph
+def _assume_constant_result(fn):
+    # torch._dynamo.assume_constant_result sets this one attribute (tests/test_import.py holds
+    # the two equal); calling it would import torch._dynamo (about 1 s) at fastdrop's import.
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result  # depends on (p, dtype) only: a constant of a compiled graph
 def _alpha_constants(p: float, dtype: torch.dtype):
     """(a, b_kept, b_dropped) in ``dtype``, rounded exactly as ATen's alpha dropout rounds them.
 
