@@ -128,9 +128,12 @@ def _pieces(shape, *strides):
         yield sizes, inner_strides, starts, flat * inner_n
 
 
-def _numpy(t: torch.Tensor, sizes, strides, start) -> np.ndarray:
-    """A numpy view of t's memory; float16 as uint16 and bfloat16 as int16 (see ``_jit``)."""
-    v = t.detach().as_strided(sizes, strides, t.storage_offset() + start)
+def _numpy(t: torch.Tensor, sizes=None, strides=None, start=0) -> np.ndarray:
+    """A numpy view of t's memory (of t, or of the view with these sizes, strides and start);
+    float16 as uint16 and bfloat16 as int16 (see ``_jit``)."""
+    v = t.detach() if t.requires_grad else t
+    if sizes is not None:
+        v = v.as_strided(sizes, strides, t.storage_offset() + start)
     if t.dtype == torch.float16:
         return v.view(torch.int16).numpy().view(np.uint16)
     if t.dtype == torch.bfloat16:
@@ -161,6 +164,11 @@ def apply(x: torch.Tensor, y: torch.Tensor, seed: int, offset: int, threshold: i
     k0, k1 = _key(seed)
     add, drop = affine if affine is not None else (0.0, 0.0)
     t, is_affine = np.int64(threshold), affine is not None
+    if noise_shape is None and x.is_contiguous() and y.is_contiguous():  # the common case, fast
+        xv, yv = _numpy(x).reshape(1, 1, 1, n), _numpy(y).reshape(1, 1, 1, n)
+        o = np.uint64(offset)
+        run(lambda lo, hi: jit.dropout_rows(xv, yv, k0, k1, o, t, scale, add, drop, is_affine, lo, hi), n)
+        return y
     if noise_shape is None:
         for sizes, (xs, ys), (x0, y0), base in _pieces(x.shape, x.stride(), y.stride()):
             xv, yv = _numpy(x, sizes, xs, x0), _numpy(y, sizes, ys, y0)
@@ -211,9 +219,8 @@ def dropout_add(x, bias, residual, y, seed: int, offset: int, threshold: int, sc
     jit = loops()
     if jit is None:
         return _dropout_add_torch(x, bias, residual, y, seed, offset, threshold, scale)
-    flat = (n,), (1,), 0
-    xv, rv, yv = _numpy(x, *flat), _numpy(residual, *flat), _numpy(y, *flat)
-    bv = xv[:1] if bias is None else _numpy(bias, (bias.numel(),), (1,), 0)
+    xv, rv, yv = _numpy(x).reshape(n), _numpy(residual).reshape(n), _numpy(y).reshape(n)
+    bv = xv[:1] if bias is None else _numpy(bias)
     k0, k1 = _key(seed)
     o, t, has_bias = np.uint64(offset), np.int64(threshold), bias is not None
     run(lambda lo, hi: jit.dropout_add(xv, bv, has_bias, rv, yv, k0, k1, o, t, scale, lo, hi), n)

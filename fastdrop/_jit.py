@@ -10,8 +10,8 @@ strides), so the threads of ``fastdrop._cpu`` split a call by index ranges and n
 allocates more than one block of words. Arithmetic is the kernels': ``x * scale`` in float32
 for 16- and 32-bit types (float64 for float64), rounded once to the output's dtype.
 Numba has no float16 or bfloat16 type: fp16 storage arrives viewed as uint16 and bf16 as
-int16, and ``_widen``/``_narrow`` convert with bit arithmetic (round to nearest even, as
-PyTorch's casts). Tests hold everything bit-identical to ``contract`` and the kernels.
+int16; ``_widen``/``_narrow`` convert fp16 through LLVM's half type (the hardware conversion)
+and bf16 with bit arithmetic, both rounding to nearest even as PyTorch's casts do. Tests hold everything bit-identical to ``contract`` and the kernels.
 """
 
 from __future__ import annotations
@@ -92,6 +92,23 @@ def _u32(typingctx, value):
     return types.uint32(types.float32), codegen
 
 
+@intrinsic
+def _from_f16(typingctx, bits):
+    # float16 bits -> float32 (exact): LLVM's half type, one vcvtph2ps per vector on x86 (F16C)
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _to_f16(typingctx, value):
+    # float32 -> float16 bits, rounded to nearest even (vcvtps2ph: NaNs keep sign and top
+    # payload bits and are made quiet, as in PyTorch's own conversion)
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+    return types.uint16(types.float32), codegen
+
+
 def _widen(v):
     """Storage value -> compute value (float32, or float64 for float64)."""
 
@@ -109,18 +126,7 @@ def _widen_impl(v):
     if isinstance(v, types.Float):
         return lambda v: v
     if v == types.uint16:  # float16 bits
-        def fp16(v):
-            h = np.uint32(v)
-            em = h & np.uint32(0x7FFF)
-            if em >= np.uint32(0x7C00):  # inf, NaN (made quiet, as the hardware does)
-                u = (em << np.uint32(13)) + np.uint32(0x70000000)
-                u |= np.uint32(0x00400000) if em > np.uint32(0x7C00) else np.uint32(0)
-            elif em >= np.uint32(0x0400):  # normal: rebias the exponent by 127 - 15
-                u = (em << np.uint32(13)) + np.uint32(0x38000000)
-            else:  # zero, subnormal: em * 2**-24, exact in float32
-                u = _u32(np.float32(em) * np.float32(2.0 ** -24))
-            return _f32(np.uint32(u | ((h & np.uint32(0x8000)) << np.uint32(16))))
-        return fp16
+        return lambda v: _from_f16(v)
     if v == types.int16:  # bfloat16 bits: the top half of a float32
         return lambda v: _f32(np.uint32((np.uint32(v) & np.uint32(0xFFFF)) << np.uint32(16)))
 
@@ -130,21 +136,7 @@ def _narrow_impl(v, like):
     if isinstance(like, types.Float):
         return lambda v, like: v  # the store converts float32/float64
     if like == types.uint16:
-        def fp16(v, like):
-            # float32 -> float16, round to nearest even; a NaN keeps its sign and top payload
-            # bits and is made quiet (as the hardware conversion PyTorch uses).
-            u = _u32(v)
-            sign = u & np.uint32(0x80000000)
-            u ^= sign
-            if u >= np.uint32(0x47800000):  # >= 2**16: inf or NaN
-                nan = u > np.uint32(0x7F800000)
-                o = (np.uint32(0x7E00) | ((u >> np.uint32(13)) & np.uint32(0x3FF))) if nan else np.uint32(0x7C00)
-            elif u < np.uint32(0x38800000):  # below 2**-14: subnormal; the float add rounds
-                o = np.uint32(_u32(_f32(u) + np.float32(0.5)) - np.uint32(0x3F000000))
-            else:  # normal: rebias, add half an ulp (ties to even), shift
-                o = np.uint32(u + np.uint32(0xC8000FFF) + ((u >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13)
-            return np.uint16(o | (sign >> np.uint32(16)))
-        return fp16
+        return lambda v, like: _to_f16(v)
     if like == types.int16:
         def bf16(v, like):
             # float32 -> bfloat16, round to nearest even; NaN -> 0xFFFF, as PyTorch's CPU
@@ -171,8 +163,9 @@ def keep_into(k0, k1, offset, t, out, lo, hi):
     for g in range(lo, hi, BLOCK):
         m = min(BLOCK, hi - g)
         skip = _words(k0, k1, offset, g, m, buf)
+        words, bits = buf[skip:skip + m], out[g:g + m]  # slices: loops from 0 vectorize
         for j in range(m):
-            out[g + j] = _keep(buf[skip + j], t)
+            bits[j] = _keep(words[j], t)
 
 
 @_jit
@@ -247,24 +240,32 @@ def noise_rows(x, y, bits, ns, scale, add, drop, affine, lo, hi):
 
 
 @_jit
+def _add_run(xs, bs, has_bias, rs, ys, words, t, s):
+    # ys[k] = rs[k] + (keep ? (xs[k] + bs[k]) * s : 0), in the compute type, rounded once.
+    zero = s - s
+    for k in range(xs.size):
+        v = _widen(xs[k])
+        if has_bias:
+            v += _widen(bs[k])
+        v = v * s if _keep(words[k], t) else zero
+        ys[k] = _narrow(v + _widen(rs[k]), ys[0])
+
+
+@_jit
 def dropout_add(x, bias, has_bias, res, y, k0, k1, offset, t, scale, lo, hi):
     """y = res + (keep ? (x + bias) * scale : 0) over elements [lo, hi) of contiguous 1-D x,
     res, y; bias (1-D, the width of a row) is added along rows when ``has_bias``."""
-    width = bias.size
+    width = bias.size if has_bias else hi
     s = _ct(scale, x[0])
-    zero = s - s
     buf = np.empty(BLOCK + 8, np.uint32)
     for g in range(lo, hi, BLOCK):
         m = min(BLOCK, hi - g)
         skip = _words(k0, k1, offset, g, m, buf)
         j = 0
         while j < m:  # runs that stay in one row of the bias
-            col = (g + j) % width if has_bias else 0
-            run = min(m - j, width - col) if has_bias else m - j
-            for k in range(j, j + run):
-                v = _widen(x[g + k])
-                if has_bias:
-                    v += _widen(bias[col + k - j])
-                v = v * s if _keep(buf[skip + k], t) else zero
-                y[g + k] = _narrow(v + _widen(res[g + k]), y[0])
+            col = (g + j) % width
+            run = min(m - j, width - col)
+            a, b = g + j, g + j + run
+            _add_run(x[a:b], bias[col:col + run] if has_bias else x[a:b], has_bias, res[a:b], y[a:b],
+                     buf[skip + j:skip + j + run], t, s)
             j += run
