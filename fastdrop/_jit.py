@@ -63,6 +63,39 @@ def _words(k0, k1, offset, i, m, buf):
     return skip
 
 
+@_jit
+def _philox_apply(xs, ys, q0, k0, k1, t, s):
+    # ys[4i + w] = keep ? xs[4i + w] * s : 0 with the keep bit from word w of Philox call
+    # q0 + i: the words never leave registers, and the multiplies of one vector of calls
+    # overlap the loads and stores of the last. Float32/float64 storage only (LLVM does not
+    # vectorize the 16-bit conversions in this interleaved form).
+    zero = s - s
+    for i in range(xs.size // 4):
+        q = np.uint64(q0) + np.uint64(i)
+        c0, c1 = np.uint32(q), np.uint32(q >> np.uint64(32))
+        c2 = c3 = np.uint32(0)
+        a, b = np.uint32(k0), np.uint32(k1)
+        for _ in range(_ROUNDS):
+            p0, p1 = np.uint64(c0) * _M0, np.uint64(c2) * _M1
+            c0, c1, c2, c3 = (np.uint32(p1 >> np.uint64(32)) ^ c1 ^ a, np.uint32(p1),
+                              np.uint32(p0 >> np.uint64(32)) ^ c3 ^ b, np.uint32(p0))
+            a, b = np.uint32(a + _W0), np.uint32(b + _W1)
+        ys[4 * i] = xs[4 * i] * s if _keep(c0, t) else zero
+        ys[4 * i + 1] = xs[4 * i + 1] * s if _keep(c1, t) else zero
+        ys[4 * i + 2] = xs[4 * i + 2] * s if _keep(c2, t) else zero
+        ys[4 * i + 3] = xs[4 * i + 3] * s if _keep(c3, t) else zero
+
+
+def _fused(xs):
+    """Whether ``_philox_apply`` serves this storage (float32, float64)."""
+
+
+@overload(_fused)
+def _fused_impl(xs):
+    fused = isinstance(xs.dtype, types.Float)
+    return lambda xs: fused
+
+
 def _keep(word, t):
     """Keep bit of a random word (t = 2**32 keeps all), or a bool keep bit as it is."""
 
@@ -199,6 +232,26 @@ def _bit_run(xs, ys, keep, s, a, d, affine):
 
 
 @_jit
+def _mask_run(xs, ys, k0, k1, g, t, s, a, d, affine, buf):
+    # _bits_run over a 1-D run whose first element is stream element g (uint64): aligned
+    # whole Philox calls in the fused loop where it serves, the rest block by block.
+    m, j = xs.size, 0
+    if _fused(xs) and not affine:
+        j = min(m, np.int64((np.uint64(4) - g % np.uint64(4)) % np.uint64(4)))  # the head: blocks
+        calls = (m - j) // 4
+        if j:
+            skip = _words(k0, k1, g, 0, j, buf)
+            _bits_run(xs[:j], ys[:j], buf[skip:skip + j], t, s, a, d, affine)
+        _philox_apply(xs[j:j + 4 * calls], ys[j:j + 4 * calls], (g + np.uint64(j)) // np.uint64(4), k0, k1, t, s)
+        j += 4 * calls
+    while j < m:
+        mm = min(BLOCK, m - j)
+        skip = _words(k0, k1, g, j, mm, buf)
+        _bits_run(xs[j:j + mm], ys[j:j + mm], buf[skip:skip + mm], t, s, a, d, affine)
+        j += mm
+
+
+@_jit
 def dropout_rows(x, y, k0, k1, offset, t, scale, add, drop, affine, lo, hi):
     """y = keep ? x * scale : 0 (affine: keep ? round(x * scale) + add : drop) over logical
     elements [lo, hi) of 4-D views x, y of one shape (any strides); keep bit of element i is
@@ -210,10 +263,9 @@ def dropout_rows(x, y, k0, k1, offset, t, scale, add, drop, affine, lo, hi):
     while i < hi:
         i3, r = i % n3, i // n3
         i2, r = r % n2, r // n2
-        m = min(n3 - i3, hi - i, BLOCK)
-        skip = _words(k0, k1, offset, i, m, buf)
-        _bits_run(x[r // n1, r % n1, i2, i3:i3 + m], y[r // n1, r % n1, i2, i3:i3 + m], buf[skip:skip + m], t,
-                  s, a, d, affine)
+        m = min(n3 - i3, hi - i)
+        _mask_run(x[r // n1, r % n1, i2, i3:i3 + m], y[r // n1, r % n1, i2, i3:i3 + m], k0, k1,
+                  offset + np.uint64(i), t, s, a, d, affine, buf)
         i += m
 
 
