@@ -1,8 +1,8 @@
 """The CPU path: the mask contract's keep bits and the apply in one compiled pass.
 
-The loops (``fastdrop._jit``, numba) read x, write y and keep Philox's words in a block
-that stays in L1: no temporaries per element, for any strides (x and y are walked in logical
-order where they lie in memory). Calls are split by index ranges over ``torch.get_num_threads()``
+The loops (``fastdrop._jit``, numba) read x, write y and keep Philox's words in registers
+or in a block that stays in L1: no temporaries per element, for any strides (x and y are
+walked in logical order where they lie in memory). Calls are split by index ranges over ``torch.get_num_threads()``
 threads, read at each call; small calls run inline. Without numba the same bits come from
 ``contract.keep_bits`` (numpy) and the values from torch ops (``_transform``).
 """
@@ -20,7 +20,7 @@ import torch
 
 from . import contract
 
-CHUNK = 1 << 16  # elements per task: below this a call runs inline, with no pool hop
+CHUNK = 1 << 16  # the smallest piece a thread takes; a call this size or smaller runs inline
 HALF_TYPES = (torch.float16, torch.bfloat16)
 _pool: ThreadPoolExecutor | None = None
 _pool_key = None  # (pid, threads) the pool was made for

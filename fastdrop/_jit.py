@@ -30,6 +30,7 @@ _ROUNDS = contract.PHILOX_ROUNDS
 BLOCK = 2048  # stream elements per Philox batch: their words stay in L1 between the two loops
 
 _jit = numba.njit(nogil=True, cache=True)
+_inline = numba.njit(nogil=True, cache=True, inline="always")  # small helpers called per row
 
 
 # ---- Philox ------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ def _bits_run(xs, ys, words, t, s, a, d, affine):
             ys[j] = _narrow(v if _keep(words[j], t) else zero, ys[0])
 
 
-@_jit
+@_inline
 def _bit_run(xs, ys, keep, s, a, d, affine):
     # As _bits_run with one keep bit for the whole run.
     if not keep:
@@ -252,21 +253,45 @@ def _mask_run(xs, ys, k0, k1, g, t, s, a, d, affine, buf):
 
 
 @_jit
+def _index(i, n1, n2, n3):
+    # (i0, i1, i2, i3) of logical index i in a 4-D shape (n0, n1, n2, n3)
+    r, i3 = divmod(i, n3)
+    r, i2 = divmod(r, n2)
+    i0, i1 = divmod(r, n1)
+    return i0, i1, i2, i3
+
+
+@_inline
+def _advance(i0, i1, i2, i3, m, n1, n2, n3):
+    # The index m elements on (m never crosses a row): no division per row.
+    i3 += m
+    if i3 == n3:
+        i3, i2 = 0, i2 + 1
+        if i2 == n2:
+            i2, i1 = 0, i1 + 1
+            if i1 == n1:
+                i1, i0 = 0, i0 + 1
+    return i0, i1, i2, i3
+
+
+@_jit
 def dropout_rows(x, y, k0, k1, offset, t, scale, add, drop, affine, lo, hi):
     """y = keep ? x * scale : 0 (affine: keep ? round(x * scale) + add : drop) over logical
     elements [lo, hi) of 4-D views x, y of one shape (any strides); keep bit of element i is
     that of stream element offset + i."""
     n1, n2, n3 = x.shape[1], x.shape[2], x.shape[3]
     s, a, d = _ct(scale, x[0, 0, 0, 0]), _ct(add, x[0, 0, 0, 0]), _ct(drop, x[0, 0, 0, 0])
+    if lo >= hi:
+        return
     buf = np.empty(BLOCK + 8, np.uint32)
     i = lo
+    i0, i1, i2, i3 = _index(lo, n1, n2, n3)
     while i < hi:
-        i3, r = i % n3, i // n3
-        i2, r = r % n2, r // n2
         m = min(n3 - i3, hi - i)
-        _mask_run(x[r // n1, r % n1, i2, i3:i3 + m], y[r // n1, r % n1, i2, i3:i3 + m], k0, k1,
-                  offset + np.uint64(i), t, s, a, d, affine, buf)
+        _mask_run(x[i0, i1, i2, i3:i3 + m], y[i0, i1, i2, i3:i3 + m], k0, k1, offset + np.uint64(i), t, s, a, d,
+                  affine, buf)
         i += m
+        i0, i1, i2, i3 = _advance(i0, i1, i2, i3, m, n1, n2, n3)
 
 
 @_jit
@@ -275,11 +300,11 @@ def noise_rows(x, y, bits, ns, scale, add, drop, affine, lo, hi):
     bits[i0 * ns[0] + ... + i3 * ns[3]] (ns: the noise shape's strides, 0 where it broadcasts)."""
     n1, n2, n3 = x.shape[1], x.shape[2], x.shape[3]
     s, a, d = _ct(scale, x[0, 0, 0, 0]), _ct(add, x[0, 0, 0, 0]), _ct(drop, x[0, 0, 0, 0])
+    if lo >= hi:
+        return
     i = lo
+    i0, i1, i2, i3 = _index(lo, n1, n2, n3)
     while i < hi:
-        i3, r = i % n3, i // n3
-        i2, r = r % n2, r // n2
-        i0, i1 = r // n1, r % n1
         base = i0 * ns[0] + i1 * ns[1] + i2 * ns[2] + i3 * ns[3]
         if ns[3] == 0:  # one bit for the whole run: channel dropout, drop path
             m = min(n3 - i3, hi - i)
@@ -289,6 +314,7 @@ def noise_rows(x, y, bits, ns, scale, add, drop, affine, lo, hi):
             _bits_run(x[i0, i1, i2, i3:i3 + m], y[i0, i1, i2, i3:i3 + m], bits[base:base + m * ns[3]:ns[3]],
                       0, s, a, d, affine)
         i += m
+        i0, i1, i2, i3 = _advance(i0, i1, i2, i3, m, n1, n2, n3)
 
 
 @_jit
