@@ -59,7 +59,7 @@ def time_cpu(fn, grads, full=False, min_samples=3):
     """(median, p20, p80) in ms on the CPU, with all of torch's threads (Timer defaults to 1)."""
     timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     m = timer.adaptive_autorange(threshold=0.1, min_run_time=0.2 if full else 0.05,
-                                 max_run_time=1.5 if full else 1.0)
+                                 max_run_time=1.5 if full else 0.5)
     times = list(m.times)  # seconds per call, one per block of m.number_per_run calls
     while len(times) < min_samples:  # slow calls: a few more blocks so p20/p80 mean something
         times += timer.timeit(m.number_per_run).times

@@ -2,8 +2,8 @@
 
 The loops (``fastdrop._jit``, numba) read x, write y and keep Philox's words in registers
 or in a block that stays in L1: no temporaries per element, for any strides (x and y are
-walked in logical order where they lie in memory). Calls are split by index ranges over ``torch.get_num_threads()``
-threads, read at each call; small calls run inline. Without numba the same bits come from
+walked in logical order where they lie in memory). Calls are split by index ranges over
+``torch.get_num_threads()`` threads, read at each call; small calls run inline. Without numba the same bits come from
 ``contract.keep_bits`` (numpy) and the values from torch ops (``_transform``).
 """
 
@@ -20,7 +20,10 @@ import torch
 
 from . import contract
 
-CHUNK = 1 << 16  # the smallest piece a thread takes; a call this size or smaller runs inline
+# The smallest piece a thread takes; a call this size or smaller runs inline. On 2 cores a
+# second thread did not pay below 2^18 elements (measured: 2^17 0.20 ms on two threads,
+# 0.13 ms inline; 2^18 0.37 ms vs 0.27 ms).
+CHUNK = 1 << 18
 HALF_TYPES = (torch.float16, torch.bfloat16)
 _pool: ThreadPoolExecutor | None = None
 _pool_key = None  # (pid, threads) the pool was made for

@@ -8,18 +8,18 @@ import torch
 
 from . import _cpu, contract
 
-_kernels = _residual_kernels = None  # fastdrop.kernels.dropout / .residual, once imported
+_kernels = _residual_kernels = False  # fastdrop.kernels.dropout / .residual once imported; None: no triton
 
 
 def kernels():
     """The Triton kernels' module, imported at first need (triton takes 0.1-0.4 s to import and
     the CPU path never needs it); None where triton is not importable."""
     global _kernels, _residual_kernels
-    if _kernels is None:
+    if _kernels is False:
         try:
             from .kernels import dropout, residual
         except ImportError:  # pragma: no cover - exercised by a subprocess test
-            return None
+            dropout = residual = None
         _kernels, _residual_kernels = dropout, residual
     return _kernels
 

@@ -11,7 +11,8 @@ allocates more than one block of words. Arithmetic is the kernels': ``x * scale`
 for 16- and 32-bit types (float64 for float64), rounded once to the output's dtype.
 Numba has no float16 or bfloat16 type: fp16 storage arrives viewed as uint16 and bf16 as
 int16; ``_widen``/``_narrow`` convert fp16 through LLVM's half type (the hardware conversion)
-and bf16 with bit arithmetic, both rounding to nearest even as PyTorch's casts do. Tests hold everything bit-identical to ``contract`` and the kernels.
+and bf16 with bit arithmetic, both rounding to nearest even as PyTorch's casts do.
+Tests hold everything bit-identical to ``contract`` and the kernels.
 """
 
 from __future__ import annotations
@@ -205,7 +206,8 @@ def keep_into(k0, k1, offset, t, out, lo, hi):
 @_jit
 def _bits_run(xs, ys, words, t, s, a, d, affine):
     # ys[j] = keep ? xs[j] * s : 0 (affine: keep ? round(xs[j] * s) + a : d), keep bit from
-    # words[j] (a random word, or a bool). Loops from 0 over 1-D slices: LLVM drops the index checks and vectorizes.
+    # words[j] (a random word, or a bool). Loops from 0 over 1-D slices: LLVM drops the
+    # index checks and vectorizes.
     if affine:
         for j in range(xs.size):
             v = _widen(_narrow(_widen(xs[j]) * s, xs[0])) + a
@@ -243,7 +245,8 @@ def _mask_run(xs, ys, k0, k1, g, t, s, a, d, affine, buf):
         if j:
             skip = _words(k0, k1, g, 0, j, buf)
             _bits_run(xs[:j], ys[:j], buf[skip:skip + j], t, s, a, d, affine)
-        _philox_apply(xs[j:j + 4 * calls], ys[j:j + 4 * calls], (g + np.uint64(j)) // np.uint64(4), k0, k1, t, s)
+        q0 = (g + np.uint64(j)) // np.uint64(4)
+        _philox_apply(xs[j:j + 4 * calls], ys[j:j + 4 * calls], q0, k0, k1, t, s)
         j += 4 * calls
     while j < m:
         mm = min(BLOCK, m - j)
@@ -288,8 +291,8 @@ def dropout_rows(x, y, k0, k1, offset, t, scale, add, drop, affine, lo, hi):
     i0, i1, i2, i3 = _index(lo, n1, n2, n3)
     while i < hi:
         m = min(n3 - i3, hi - i)
-        _mask_run(x[i0, i1, i2, i3:i3 + m], y[i0, i1, i2, i3:i3 + m], k0, k1, offset + np.uint64(i), t, s, a, d,
-                  affine, buf)
+        _mask_run(x[i0, i1, i2, i3:i3 + m], y[i0, i1, i2, i3:i3 + m], k0, k1, offset + np.uint64(i), t, s,
+                  a, d, affine, buf)
         i += m
         i0, i1, i2, i3 = _advance(i0, i1, i2, i3, m, n1, n2, n3)
 

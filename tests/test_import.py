@@ -11,8 +11,8 @@ HEAVY = ("triton", "numba", "torch._dynamo")
 
 
 def loaded_after(code: str) -> set:
-    out = subprocess.run([sys.executable, "-c", code + f"\nimport sys; print([m for m in {HEAVY!r} if m in sys.modules])"],
-                         check=True, capture_output=True, text=True, timeout=120)
+    code += f"\nimport sys; print([m for m in {HEAVY!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
     return set(eval(out.stdout.strip().splitlines()[-1]))
 
 
@@ -21,7 +21,8 @@ def test_import_loads_none_of_triton_numba_dynamo():
 
 
 def test_a_cpu_call_loads_numba_only():
-    code = "import torch, fastdrop\nfastdrop.dropout(torch.ones(10), 0.5, seed=1)\nfastdrop.alpha_dropout(torch.ones(10), 0.5, True)"
+    code = ("import torch, fastdrop\nfastdrop.dropout(torch.ones(10), 0.5, seed=1)\n"
+            "fastdrop.alpha_dropout(torch.ones(10), 0.5, True)")
     assert loaded_after(code) <= {"numba"}
 
 

@@ -111,9 +111,10 @@ def test_without_numba_the_numpy_path_gives_the_same_output(tmp_path):
         "from fastdrop import _cpu\n"
         "x = torch.randn(100_003, generator=torch.Generator().manual_seed(0))\n"
         "y = (fastdrop.dropout(x, 0.3, seed=99, offset=5), fastdrop.dropout(x.t(), 0.3, seed=9),\n"
-        "     fastdrop.dropout2d(x[:100_000].view(10, 100, 100), 0.3, seed=9),\n"
+        "     fastdrop.dropout1d(x[:100_000].view(10, 100, 100), 0.3, seed=9),\n"
         "     fastdrop.alpha_dropout(x.half(), 0.3, True, seed=2),\n"
-        "     fastdrop.bias_dropout_add(x[:100_000].view(100, -1), x[:1000], x[1:100_001].view(100, -1), 0.3, seed=4))\n"
+        "     fastdrop.bias_dropout_add(x[:100_000].view(100, -1), x[:1000], x[1:100_001].view(100, -1),\n"
+        "                               0.3, seed=4))\n"
         "assert _cpu.loops() is None\n"
         "torch.save((x, y), sys.argv[1])\n"
     )
@@ -121,6 +122,7 @@ def test_without_numba_the_numpy_path_gives_the_same_output(tmp_path):
     x, y = torch.load(tmp_path / "xy.pt")
     assert torch.equal(y[0], fastdrop.dropout(x, 0.3, seed=99, offset=5))
     assert torch.equal(y[1], fastdrop.dropout(x.t(), 0.3, seed=9))
-    assert torch.equal(y[2], fastdrop.dropout2d(x[:100_000].view(10, 100, 100), 0.3, seed=9))
+    assert torch.equal(y[2], fastdrop.dropout1d(x[:100_000].view(10, 100, 100), 0.3, seed=9))
     assert torch.equal(y[3], fastdrop.alpha_dropout(x.half(), 0.3, True, seed=2))
-    assert torch.equal(y[4], fastdrop.bias_dropout_add(x[:100_000].view(100, -1), x[:1000], x[1:100_001].view(100, -1), 0.3, seed=4))
+    bda = fastdrop.bias_dropout_add(x[:100_000].view(100, -1), x[:1000], x[1:100_001].view(100, -1), 0.3, seed=4)
+    assert torch.equal(y[4], bda)
