@@ -25,8 +25,7 @@ from . import contract
 # 0.13 ms inline; 2^18 0.37 ms vs 0.27 ms).
 CHUNK = 1 << 18
 HALF_TYPES = (torch.float16, torch.bfloat16)
-_pool: ThreadPoolExecutor | None = None
-_pool_key = None  # (pid, threads) the pool was made for
+_pools: dict = {}  # (pid, workers) -> ThreadPoolExecutor
 _pool_lock = threading.Lock()
 _jit = False  # fastdrop._jit once imported; None without numba
 
@@ -45,15 +44,13 @@ def loops():
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
-    global _pool, _pool_key
+    # One pool per size, kept: a forked child makes its own, and a pool is never shut down
+    # under a caller still submitting to it after a torch.set_num_threads elsewhere.
+    key = (os.getpid(), workers)
     with _pool_lock:
-        # A forked child needs its own threads; a new torch.set_num_threads a new size.
-        if _pool is None or _pool_key != (os.getpid(), workers):
-            if _pool is not None and _pool_key[0] == os.getpid():
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fastdrop")
-            _pool_key = (os.getpid(), workers)
-        return _pool
+        if key not in _pools:
+            _pools[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fastdrop")
+        return _pools[key]
 
 
 def run(fn, n: int):
@@ -83,7 +80,8 @@ def run(fn, n: int):
             raise
 
     inference = torch.is_inference_mode_enabled()
-    futures = [_executor(threads - 1).submit(_in_worker, work, inference) for _ in range(threads - 1)]
+    pool = _executor(threads - 1)
+    futures = [pool.submit(_in_worker, work, inference) for _ in range(threads - 1)]
     try:
         work()
         for f in futures:
