@@ -1,6 +1,8 @@
 """Dropout microbenchmark: fastdrop vs torch eager vs torch.compile, against a copy roofline.
 
-    python -m bench.microbench          # quick: a few sizes (CPU: float32 only)
+    python -m bench.microbench          # quick: a few sizes; CPU: 2^12/14/16/24 of each dtype and
+                                        # the variants (channel, drop path, noise shape, alpha,
+                                        # dropout_add) forward at 2^20 and 2^24
     python -m bench.microbench --full   # every size 2^12.. (2^28 GPU, 2^24 CPU), all dtypes
     python -m bench.microbench --full --record   # publish: into bench/results/
 
@@ -61,7 +63,7 @@ def time_cpu(fn, grads, full=False, min_samples=3):
     """(median, p20, p80) in ms on the CPU, with all of torch's threads (Timer defaults to 1)."""
     timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     m = timer.adaptive_autorange(threshold=0.1, min_run_time=0.2 if full else 0.05,
-                                 max_run_time=1.5 if full else 1.0)
+                                 max_run_time=1.5 if full else 0.5)
     times = list(m.times)  # seconds per call, one per block of m.number_per_run calls
     while len(times) < min_samples:  # slow calls: a few more blocks so p20/p80 mean something
         times += timer.timeit(m.number_per_run).times
@@ -129,27 +131,68 @@ def device_name(device: torch.device) -> str:
     return f"cpu-{model}"
 
 
+# The dropout family, forward, against what a PyTorch user writes for it: x -> y closures over
+# inputs made from x (rows "<variant> forward" of the CSV; bytes: x read, y written).
+def _torch_drop_path(x, p):  # timm's drop_path
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - p)
+    return x * keep.div_(1 - p)
+
+
+VARIANTS = {  # name: (shape of n elements, fastdrop, PyTorch)
+    "dropout2d": (lambda n: (n >> 16, 64, 32, 32), lambda x, r, p: fastdrop.dropout2d(x, p),
+                  lambda x, r, p: F.dropout2d(x, p)),
+    "drop_path": (lambda n: (n >> 16, 256, 256), lambda x, r, p: fastdrop.drop_path(x, p, True),
+                  lambda x, r, p: _torch_drop_path(x, p)),
+    "noise_shape": (lambda n: (n >> 16, 256, 256), lambda x, r, p: fastdrop.dropout(x, p, noise_shape=(1, None, 1)),
+                    lambda x, r, p: x * F.dropout(x.new_ones(1, x.shape[1], 1), p)),
+    "alpha_dropout": (lambda n: (n,), lambda x, r, p: fastdrop.alpha_dropout(x, p, True),
+                      lambda x, r, p: F.alpha_dropout(x, p, True)),
+    "dropout_add": (lambda n: (n,), lambda x, r, p: fastdrop.dropout_add(x, r, p),
+                    lambda x, r, p: r + F.dropout(x, p)),
+}
+
+
 def sweep(device: torch.device, full: bool):
-    """(dtype, numel) blocks, largest sizes first: a run cut short by --budget keeps those."""
+    """(dtype, numel, variant) blocks, largest sizes first: a run cut short by --budget keeps
+    those. variant None: dropout itself, every mode and provider."""
     if device.type == "cuda":
         dtypes = list(DTYPES) if full else ["fp32", "bf16"]
         logs = range(12, 29) if full else range(12, 29, 4)
-    else:
-        dtypes = list(DTYPES) if full else ["fp32"]
-        logs = range(12, 25) if full else range(12, 25, 4)
-    return [(d, 1 << k) for k in reversed(logs) for d in dtypes]
+        return [(d, 1 << k, None) for k in reversed(logs) for d in dtypes]
+    logs = range(12, 25) if full else (24, 16, 14, 12)
+    plain = [(d, 1 << k, None) for k in sorted(logs, reverse=True) for d in DTYPES]
+    # The variants first: bench.report reads saved bytes per dtype from the last rows (dropout's).
+    return [(d, 1 << k, v) for k in (24, 20) for v in VARIANTS for d in DTYPES] + plain
+
+
+def run_variant(dt, n, variant, p, full):
+    """The forward of one variant: fastdrop, PyTorch and the copy roofline, side by side."""
+    shape, ours, theirs = VARIANTS[variant]
+    x = torch.randn(shape(n), dtype=DTYPES[dt])
+    r, out = torch.randn_like(x), torch.empty_like(x)
+    fns = {"fastdrop": lambda: ours(x, r, p), "torch": lambda: theirs(x, r, p), "copy": lambda: out.copy_(x)}
+    times = {name: time_cpu(fn, None, full) for name, fn in fns.items()}
+    rows = []
+    for name, (med, p20, p80) in times.items():
+        rows.append(dict(dtype=dt, numel=n, mode=f"{variant} forward", provider=name, p=p, median_ms=med,
+                         p20_ms=p20, p80_ms=p80, gbps=bytes_moved("forward", n, x.element_size()) / med / 1e6,
+                         pct_roofline=100 * times["copy"][0] / med,
+                         speedup_vs_eager=times["torch"][0] / med if name != "copy" else float("nan"),
+                         saved_bytes_per_elem=float("nan")))
+        print(fmt_row(rows[-1]), flush=True)
+    return rows
 
 
 def fmt_row(r):
     def num(v, spec):
         return format(v, spec) if isinstance(v, float) and not math.isnan(v) else "-"
-    return (f"{r['dtype']:>5} 2^{int(math.log2(r['numel'])):<3}{r['mode']:>17} {r['provider']:>14}"
+    return (f"{r['dtype']:>5} 2^{int(math.log2(r['numel'])):<3}{r['mode']:>22} {r['provider']:>14}"
             f"{r['median_ms']:>11.4f}{r['p20_ms']:>11.4f}{r['p80_ms']:>11.4f}{r['gbps']:>9.2f}"
             f"{r['pct_roofline']:>8.1f}%{num(r['speedup_vs_eager'], '.2f'):>10}"
             f"{num(r['saved_bytes_per_elem'], '.2f'):>7}")
 
 
-HEADER = (f"{'dtype':>5} {'numel':<5}{'mode':>17} {'provider':>14}{'median ms':>11}{'p20 ms':>11}"
+HEADER = (f"{'dtype':>5} {'numel':<5}{'mode':>22} {'provider':>14}{'median ms':>11}{'p20 ms':>11}"
           f"{'p80 ms':>11}{'GB/s':>9}{'% copy':>9}{'vs eager':>10}{'saved':>7}")
 
 
@@ -260,17 +303,21 @@ def main(argv=None):
           f"p={args.p}, {'full' if args.full else 'quick'} sweep")
     ops, skipped, failed, saved, rows = make_ops(), {}, {}, {}, []
     blocks = sweep(device, args.full)
+    if device.type == "cpu" and not args.full:  # inductor compiles take minutes: fp32 only here
+        skipped.update({("torch.compile", m, d): "quick CPU run: fp32 only" for m in MODES for d in DTYPES
+                        if d != "fp32"})
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
-        for i, (dt, n) in enumerate(blocks, 1):
-            elapsed, size = time.perf_counter() - start, f"{dt} 2^{n.bit_length() - 1}"
+        for i, (dt, n, variant) in enumerate(blocks, 1):
+            elapsed, size = time.perf_counter() - start, f"{dt} 2^{n.bit_length() - 1} {variant or ''}"
             if args.budget is not None and elapsed > args.budget:
                 print(f"time budget of {args.budget:.0f} s spent: stopping before {size}")
                 break
             print(f"[{i}/{len(blocks)}] {size}, {elapsed:.0f} s in\n{HEADER}", flush=True)
             try:
-                block = run_block(device, dt, n, args.p, ops, skipped, failed, saved, args.full)
+                block = (run_variant(dt, n, variant, args.p, args.full) if variant else
+                         run_block(device, dt, n, args.p, ops, skipped, failed, saved, args.full))
             except torch.cuda.OutOfMemoryError:
                 print(f"  out of memory: no {size}")
                 torch.cuda.empty_cache()

@@ -8,11 +8,20 @@ import torch
 
 from . import _cpu, contract
 
-try:  # the kernels need triton; the CPU path does not
-    from .kernels import dropout as _kernels
-    from .kernels import residual as _residual_kernels
-except ImportError:  # pragma: no cover - exercised by a subprocess test
-    _kernels = _residual_kernels = None
+_kernels = _residual_kernels = False  # fastdrop.kernels.dropout / .residual once imported; None: no triton
+
+
+def kernels():
+    """The Triton kernels' module, imported at first need (triton takes 0.1-0.4 s to import and
+    the CPU path never needs it); None where triton is not importable."""
+    global _kernels, _residual_kernels
+    if _kernels is False:
+        try:
+            from .kernels import dropout, residual
+        except ImportError:  # pragma: no cover - exercised by a subprocess test
+            dropout = residual = None
+        _kernels, _residual_kernels = dropout, residual
+    return _kernels
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BACKENDS = ("auto", "triton", "cpu")
@@ -52,7 +61,7 @@ def check_input(input, name="dropout"):
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend == "auto" and device.type == "cuda" and _kernels is not None:  # the common GPU case
+    if backend == "auto" and device.type == "cuda" and kernels() is not None:  # the common GPU case
         return "triton"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, but got {backend!r}")
@@ -63,7 +72,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "cpu" and device.type != "cpu":
         raise ValueError(f"backend='cpu' needs a CPU tensor, but the input is on {device}")
     if backend == "triton":
-        if _kernels is None:
+        if kernels() is None:
             raise RuntimeError("backend='triton' needs triton, which is not importable here")
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(
@@ -99,7 +108,7 @@ def apply_mask(x, y, p, seed, offset, backend, *, noise_shape=None, scale=None, 
         _cpu.apply(x, y, seed, offset, threshold, scale, noise_shape=noise_shape, affine=affine)
     elif backend == "triton":
         strides = None if noise_shape is None else mask_strides(noise_shape)
-        _kernels.launch(x, y, seed, offset, threshold, scale, mask_strides=strides, affine=affine)
+        kernels().launch(x, y, seed, offset, threshold, scale, mask_strides=strides, affine=affine)
     return y
 
 
@@ -109,5 +118,6 @@ def apply_dropout_add(x, bias, residual, y, p, seed, offset, backend):
     if backend == "cpu":
         _cpu.dropout_add(x, bias, residual, y, seed, offset, threshold, scale_of(p))
     elif backend == "triton":
+        kernels()  # imports both kernel modules
         _residual_kernels.launch(x, bias, residual, y, seed, offset, threshold, scale_of(p))
     return y

@@ -1,88 +1,352 @@
-"""The CPU path's hot loops compiled with numba, when numba is installed.
+"""The CPU path's compiled loops (numba): Philox and the apply in one pass over memory.
 
-The same formula as ``contract.keep_bits``, in loops that keep Philox's state in
-registers: several times faster than the vectorized numpy form, which makes ten passes
-over memory per round. Tests hold the two bit-identical. Without numba, ``keep_bits`` is
-the numpy form and ``dropout_values`` and ``block_values`` are None.
+Imported at the first CPU call (``fastdrop._cpu``), never at ``import fastdrop``: numba
+takes 0.2 s to import and its first compiled call 0.3 s more. ``cache=True`` keeps the
+machine code next to this file (``__pycache__``), or in numba's user cache folder where that
+is read-only, so only the first-ever process compiles.
+
+Every loop takes logical elements ``[lo, hi)`` of a view (row-major order, whatever the
+strides), so the threads of ``fastdrop._cpu`` split a call by index ranges and no loop
+allocates more than one block of words. Arithmetic is the kernels': ``x * scale`` in float32
+for 16- and 32-bit types (float64 for float64), rounded once to the output's dtype.
+Numba has no float16 or bfloat16 type: fp16 storage arrives viewed as uint16 and bf16 as
+int16; ``_widen``/``_narrow`` convert fp16 through LLVM's half type (the hardware conversion)
+and bf16 with bit arithmetic, both rounding to nearest even as PyTorch's casts do.
+Tests hold everything bit-identical to ``contract`` and the kernels.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
 
 from . import contract
 
-try:
-    import numba
-except ImportError:  # pragma: no cover - exercised where numba is absent
-    numba = None
+_M0, _M1 = np.uint64(contract.PHILOX_M0), np.uint64(contract.PHILOX_M1)
+_W0, _W1 = np.uint32(contract.PHILOX_W0), np.uint32(contract.PHILOX_W1)
+_ROUNDS = contract.PHILOX_ROUNDS
+BLOCK = 2048  # stream elements per Philox batch: their words stay in L1 between the two loops
 
-keep_bits = contract.keep_bits
-dropout_values = block_values = None
+_jit = numba.njit(nogil=True, cache=True)
+_inline = numba.njit(nogil=True, cache=True, inline="always")  # small helpers called per row
 
-if numba is not None:
-    _M0, _M1 = np.uint64(contract.PHILOX_M0), np.uint64(contract.PHILOX_M1)
-    _W0, _W1 = np.uint64(contract.PHILOX_W0), np.uint64(contract.PHILOX_W1)
-    _LO, _S = np.uint64(0xFFFFFFFF), np.uint64(32)
-    _ROUNDS = contract.PHILOX_ROUNDS
 
-    _BLOCK = 256  # Philox calls advanced together: the round loop over a block vectorizes
+# ---- Philox ------------------------------------------------------------------------------
 
-    @numba.njit(nogil=True, cache=True)
-    def _words(first, ncalls, k0, k1, out):
-        # out[i, w] = word w of Philox4x32 at counter first + i (lo, hi halves), key (k0, k1)
-        c0, c1 = np.empty(_BLOCK, np.uint64), np.empty(_BLOCK, np.uint64)
-        c2, c3 = np.empty(_BLOCK, np.uint64), np.empty(_BLOCK, np.uint64)
-        for b0 in range(0, ncalls, _BLOCK):
-            m = min(_BLOCK, ncalls - b0)
-            for i in range(m):
-                q = np.uint64(first) + np.uint64(b0 + i)
-                c0[i], c1[i], c2[i], c3[i] = q & _LO, q >> _S, 0, 0
-            a, b = np.uint64(k0), np.uint64(k1)
-            for _ in range(_ROUNDS):
-                for i in range(m):
-                    p0, p1 = c0[i] * _M0, c2[i] * _M1
-                    n0, n2 = (p1 >> _S) ^ c1[i] ^ a, (p0 >> _S) ^ c3[i] ^ b
-                    c0[i], c1[i], c2[i], c3[i] = n0, p1 & _LO, n2, p0 & _LO
-                a, b = (a + _W0) & _LO, (b + _W1) & _LO
-            for i in range(m):
-                out[b0 + i, 0], out[b0 + i, 1], out[b0 + i, 2], out[b0 + i, 3] = c0[i], c1[i], c2[i], c3[i]
+@_jit
+def _philox(q0, ncalls, k0, k1, out):
+    # out[4i + w] = word w of Philox4x32 at counter q0 + i, key (k0, k1). The state is four
+    # uint32 values and each product a zero-extended 32 x 32 -> 64 multiply, so LLVM unrolls
+    # the rounds and runs calls side by side in vector lanes (vpmuludq), one call per lane.
+    for i in range(ncalls):
+        q = np.uint64(q0) + np.uint64(i)
+        c0, c1 = np.uint32(q), np.uint32(q >> np.uint64(32))
+        c2 = c3 = np.uint32(0)
+        a, b = np.uint32(k0), np.uint32(k1)
+        for _ in range(_ROUNDS):
+            p0, p1 = np.uint64(c0) * _M0, np.uint64(c2) * _M1
+            c0, c1, c2, c3 = (np.uint32(p1 >> np.uint64(32)) ^ c1 ^ a, np.uint32(p1),
+                              np.uint32(p0 >> np.uint64(32)) ^ c3 ^ b, np.uint32(p0))
+            a, b = np.uint32(a + _W0), np.uint32(b + _W1)
+        out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3] = c0, c1, c2, c3
 
-    def _stream(seed: int, start: int, count: int) -> np.ndarray:
-        first, last = start // 4, (start + count + 3) // 4
-        out = np.empty((last - first, 4), dtype=np.uint32)
-        _words(first, last - first, seed % contract.UINT32, seed >> 32, out)
-        return out.reshape(-1)[start - 4 * first:start - 4 * first + count]
 
-    @numba.njit(nogil=True, cache=True)
-    def _apply(x, y, words, threshold, scale):
-        t, zero = np.uint32(threshold) if threshold < 2**32 else np.uint32(0), x.dtype.type(0)
-        keep_all = threshold >= 2**32
-        for j in range(x.size):
-            y[j] = x[j] * scale if keep_all or words[j] < t else zero
+@_jit
+def _words(k0, k1, offset, i, m, buf):
+    # Words of stream elements offset + [i, i + m) (m <= BLOCK) into buf; returns where the
+    # first one is. offset is a uint64 (numba mixes uint64 and int64 into float64).
+    g = offset + np.uint64(i)
+    q0 = g // np.uint64(4)
+    skip = np.int64(g - q0 * np.uint64(4))
+    _philox(q0, (skip + m + 3) // 4, k0, k1, buf)
+    return skip
 
-    @numba.njit(nogil=True, cache=True)
-    def _block_values(x, y, keep, scale):
-        # x, y: (blocks, width). Row views keep the inner loops simple enough to vectorize.
-        zero = x.dtype.type(0)
-        for m in range(keep.size):
-            xr, yr = x[m], y[m]
-            if keep[m]:
-                for j in range(xr.size):
-                    yr[j] = xr[j] * scale
-            else:
-                for j in range(yr.size):
-                    yr[j] = zero
 
-    def block_values(x: np.ndarray, y: np.ndarray, keep: np.ndarray, scale: float):
-        """Rows of (blocks, width) arrays: y = x * scale where the row's keep bit is set, else 0."""
-        _block_values(x, y, keep, x.dtype.type(scale))
+@_jit
+def _philox_apply(xs, ys, q0, k0, k1, t, s):
+    # ys[4i + w] = keep ? xs[4i + w] * s : 0 with the keep bit from word w of Philox call
+    # q0 + i: the words never leave registers, and the multiplies of one vector of calls
+    # overlap the loads and stores of the last. Float32/float64 storage only (LLVM does not
+    # vectorize the 16-bit conversions in this interleaved form).
+    zero = s - s
+    for i in range(xs.size // 4):
+        q = np.uint64(q0) + np.uint64(i)
+        c0, c1 = np.uint32(q), np.uint32(q >> np.uint64(32))
+        c2 = c3 = np.uint32(0)
+        a, b = np.uint32(k0), np.uint32(k1)
+        for _ in range(_ROUNDS):
+            p0, p1 = np.uint64(c0) * _M0, np.uint64(c2) * _M1
+            c0, c1, c2, c3 = (np.uint32(p1 >> np.uint64(32)) ^ c1 ^ a, np.uint32(p1),
+                              np.uint32(p0 >> np.uint64(32)) ^ c3 ^ b, np.uint32(p0))
+            a, b = np.uint32(a + _W0), np.uint32(b + _W1)
+        ys[4 * i] = xs[4 * i] * s if _keep(c0, t) else zero
+        ys[4 * i + 1] = xs[4 * i + 1] * s if _keep(c1, t) else zero
+        ys[4 * i + 2] = xs[4 * i + 2] * s if _keep(c2, t) else zero
+        ys[4 * i + 3] = xs[4 * i + 3] * s if _keep(c3, t) else zero
 
-    def keep_bits(seed: int, start: int, count: int, threshold: int) -> np.ndarray:  # noqa: F811
-        if threshold >= contract.UINT32:
-            return np.ones(count, dtype=np.bool_)
-        return _stream(seed, start, count) < np.uint32(threshold)
 
-    def dropout_values(x: np.ndarray, y: np.ndarray, seed: int, start: int, threshold: int, scale: float):
-        """y = x * scale where kept, else 0, for elements [start, start + len(x)) of the stream."""
-        _apply(x, y, _stream(seed, start, x.size), threshold, x.dtype.type(scale))
+def _fused(xs):
+    """Whether ``_philox_apply`` serves this storage (float32, float64)."""
+
+
+@overload(_fused)
+def _fused_impl(xs):
+    fused = isinstance(xs.dtype, types.Float)
+    return lambda xs: fused
+
+
+def _keep(word, t):
+    """Keep bit of a random word (t = 2**32 keeps all), or a bool keep bit as it is."""
+
+
+@overload(_keep)
+def _keep_impl(word, t):
+    if isinstance(word, types.Boolean):
+        return lambda word, t: word
+    return lambda word, t: np.int64(word) < t
+
+
+# ---- 16-bit floats by their bits ---------------------------------------------------------
+
+@intrinsic
+def _f32(typingctx, bits):
+    # float32 with these uint32 bits
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _u32(typingctx, value):
+    # the uint32 bits of a float32
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _from_f16(typingctx, bits):
+    # float16 bits -> float32 (exact): LLVM's half type, one vcvtph2ps per vector on x86 (F16C)
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _to_f16(typingctx, value):
+    # float32 -> float16 bits, rounded to nearest even (vcvtps2ph: NaNs keep sign and top
+    # payload bits and are made quiet, as in PyTorch's own conversion)
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+    return types.uint16(types.float32), codegen
+
+
+def _widen(v):
+    """Storage value -> compute value (float32, or float64 for float64)."""
+
+
+def _narrow(v, like):
+    """Compute value -> storage value of ``like``'s type, rounded to nearest even."""
+
+
+def _ct(scale, like):
+    """A float64 constant in the compute type of ``like``'s storage."""
+
+
+@overload(_widen)
+def _widen_impl(v):
+    if isinstance(v, types.Float):
+        return lambda v: v
+    if v == types.uint16:  # float16 bits
+        return lambda v: _from_f16(v)
+    if v == types.int16:  # bfloat16 bits: the top half of a float32
+        return lambda v: _f32(np.uint32((np.uint32(v) & np.uint32(0xFFFF)) << np.uint32(16)))
+
+
+@overload(_narrow)
+def _narrow_impl(v, like):
+    if isinstance(like, types.Float):
+        return lambda v, like: v  # the store converts float32/float64
+    if like == types.uint16:
+        return lambda v, like: _to_f16(v)
+    if like == types.int16:
+        def bf16(v, like):
+            # float32 -> bfloat16, round to nearest even; NaN -> 0xFFFF, as PyTorch's CPU
+            # tensor conversion gives (its vectorized form; c10's scalar one gives 0x7FC0).
+            u = _u32(v)
+            o = np.uint32(u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+            return np.int16(np.uint32(0xFFFF) if v != v else o)
+        return bf16
+
+
+@overload(_ct)
+def _ct_impl(scale, like):
+    if like == types.float64:
+        return lambda scale, like: np.float64(scale)
+    return lambda scale, like: np.float32(scale)
+
+
+# ---- the loops ---------------------------------------------------------------------------
+
+@_jit
+def keep_into(k0, k1, offset, t, out, lo, hi):
+    """out[j] = keep bit of stream element offset + j, for j in [lo, hi) (out: bool, 1-D)."""
+    buf = np.empty(BLOCK + 8, np.uint32)
+    for g in range(lo, hi, BLOCK):
+        m = min(BLOCK, hi - g)
+        skip = _words(k0, k1, offset, g, m, buf)
+        words, bits = buf[skip:skip + m], out[g:g + m]  # slices: loops from 0 vectorize
+        for j in range(m):
+            bits[j] = _keep(words[j], t)
+
+
+@_jit
+def _bits_run(xs, ys, words, t, s, a, d, affine):
+    # ys[j] = keep ? xs[j] * s : 0 (affine: keep ? round(xs[j] * s) + a : d), keep bit from
+    # words[j] (a random word, or a bool). Loops from 0 over 1-D slices: LLVM drops the
+    # index checks and vectorizes.
+    if affine:
+        for j in range(xs.size):
+            v = _widen(_narrow(_widen(xs[j]) * s, xs[0])) + a
+            ys[j] = _narrow(v if _keep(words[j], t) else d, ys[0])
+    else:
+        zero = s - s
+        for j in range(xs.size):
+            v = _widen(xs[j]) * s
+            ys[j] = _narrow(v if _keep(words[j], t) else zero, ys[0])
+
+
+@_inline
+def _bit_run(xs, ys, keep, s, a, d, affine):
+    # As _bits_run with one keep bit for the whole run.
+    if not keep:
+        fill = _narrow(d if affine else s - s, ys[0])
+        for j in range(ys.size):
+            ys[j] = fill
+    elif affine:
+        for j in range(xs.size):
+            ys[j] = _narrow(_widen(_narrow(_widen(xs[j]) * s, xs[0])) + a, ys[0])
+    else:
+        for j in range(xs.size):
+            ys[j] = _narrow(_widen(xs[j]) * s, ys[0])
+
+
+@_jit
+def _mask_run(xs, ys, k0, k1, g, t, s, a, d, affine, buf):
+    # _bits_run over a 1-D run whose first element is stream element g (uint64): aligned
+    # whole Philox calls in the fused loop where it serves, the rest block by block.
+    m, j = xs.size, 0
+    if _fused(xs) and not affine:
+        j = min(m, np.int64((np.uint64(4) - g % np.uint64(4)) % np.uint64(4)))  # the head: blocks
+        calls = (m - j) // 4
+        if j:
+            skip = _words(k0, k1, g, 0, j, buf)
+            _bits_run(xs[:j], ys[:j], buf[skip:skip + j], t, s, a, d, affine)
+        q0 = (g + np.uint64(j)) // np.uint64(4)
+        _philox_apply(xs[j:j + 4 * calls], ys[j:j + 4 * calls], q0, k0, k1, t, s)
+        j += 4 * calls
+    while j < m:
+        mm = min(BLOCK, m - j)
+        skip = _words(k0, k1, g, j, mm, buf)
+        _bits_run(xs[j:j + mm], ys[j:j + mm], buf[skip:skip + mm], t, s, a, d, affine)
+        j += mm
+
+
+@_jit
+def _index(i, n1, n2, n3):
+    # (i0, i1, i2, i3) of logical index i in a 4-D shape (n0, n1, n2, n3)
+    r, i3 = divmod(i, n3)
+    r, i2 = divmod(r, n2)
+    i0, i1 = divmod(r, n1)
+    return i0, i1, i2, i3
+
+
+@_inline
+def _advance(i0, i1, i2, i3, m, n1, n2, n3):
+    # The index m elements on (m never crosses a row): no division per row.
+    i3 += m
+    if i3 == n3:
+        i3, i2 = 0, i2 + 1
+        if i2 == n2:
+            i2, i1 = 0, i1 + 1
+            if i1 == n1:
+                i1, i0 = 0, i0 + 1
+    return i0, i1, i2, i3
+
+
+@_jit
+def dropout_rows(x, y, k0, k1, offset, t, scale, add, drop, affine, lo, hi):
+    """y = keep ? x * scale : 0 (affine: keep ? round(x * scale) + add : drop) over logical
+    elements [lo, hi) of 4-D views x, y of one shape (any strides); keep bit of element i is
+    that of stream element offset + i."""
+    n1, n2, n3 = x.shape[1], x.shape[2], x.shape[3]
+    s, a, d = _ct(scale, x[0, 0, 0, 0]), _ct(add, x[0, 0, 0, 0]), _ct(drop, x[0, 0, 0, 0])
+    if lo >= hi:
+        return
+    buf = np.empty(BLOCK + 8, np.uint32)
+    i = lo
+    i0, i1, i2, i3 = _index(lo, n1, n2, n3)
+    while i < hi:
+        m = min(n3 - i3, hi - i)
+        _mask_run(x[i0, i1, i2, i3:i3 + m], y[i0, i1, i2, i3:i3 + m], k0, k1, offset + np.uint64(i), t, s,
+                  a, d, affine, buf)
+        i += m
+        i0, i1, i2, i3 = _advance(i0, i1, i2, i3, m, n1, n2, n3)
+
+
+@_jit
+def noise_rows(x, y, bits, ns, scale, add, drop, affine, lo, hi):
+    """As ``dropout_rows``, with the keep bit of element (i0, i1, i2, i3) at
+    bits[i0 * ns[0] + ... + i3 * ns[3]] (ns: the noise shape's strides, 0 where it broadcasts)."""
+    n1, n2, n3 = x.shape[1], x.shape[2], x.shape[3]
+    s, a, d = _ct(scale, x[0, 0, 0, 0]), _ct(add, x[0, 0, 0, 0]), _ct(drop, x[0, 0, 0, 0])
+    if lo >= hi:
+        return
+    i = lo
+    i0, i1, i2, i3 = _index(lo, n1, n2, n3)
+    while i < hi:
+        base = i0 * ns[0] + i1 * ns[1] + i2 * ns[2] + i3 * ns[3]
+        if ns[3] == 0:  # one bit for the whole run: channel dropout, drop path
+            m = min(n3 - i3, hi - i)
+            _bit_run(x[i0, i1, i2, i3:i3 + m], y[i0, i1, i2, i3:i3 + m], bits[base], s, a, d, affine)
+        else:  # one bit per element, taken as the run's words would be
+            m = min(n3 - i3, hi - i, BLOCK)
+            _bits_run(x[i0, i1, i2, i3:i3 + m], y[i0, i1, i2, i3:i3 + m], bits[base:base + m * ns[3]:ns[3]],
+                      0, s, a, d, affine)
+        i += m
+        i0, i1, i2, i3 = _advance(i0, i1, i2, i3, m, n1, n2, n3)
+
+
+@_jit
+def _add_run(xs, bs, has_bias, rs, ys, words, t, s):
+    # ys[k] = rs[k] + (keep ? (xs[k] + bs[k]) * s : 0), in the compute type, rounded once.
+    zero = s - s
+    for k in range(xs.size):
+        v = _widen(xs[k])
+        if has_bias:
+            v += _widen(bs[k])
+        v = v * s if _keep(words[k], t) else zero
+        ys[k] = _narrow(v + _widen(rs[k]), ys[0])
+
+
+@_jit
+def dropout_add(x, bias, has_bias, res, y, k0, k1, offset, t, scale, lo, hi):
+    """y = res + (keep ? (x + bias) * scale : 0) over elements [lo, hi) of contiguous 1-D x,
+    res, y; bias (1-D, the width of a row) is added along rows when ``has_bias``."""
+    width = bias.size if has_bias else hi
+    s = _ct(scale, x[0])
+    buf = np.empty(BLOCK + 8, np.uint32)
+    for g in range(lo, hi, BLOCK):
+        m = min(BLOCK, hi - g)
+        skip = _words(k0, k1, offset, g, m, buf)
+        j = 0
+        while j < m:  # runs that stay in one row of the bias
+            col = (g + j) % width
+            run = min(m - j, width - col)
+            a, b = g + j, g + j + run
+            _add_run(x[a:b], bias[col:col + run] if has_bias else x[a:b], has_bias, res[a:b], y[a:b],
+                     buf[skip + j:skip + j + run], t, s)
+            j += run

@@ -31,7 +31,14 @@ from ._dispatch import P_DEFAULT, apply_dropout_add, check_input, resolve_backen
 from ._masked import Mask, check_call_args, masked, run, seed_offset
 
 
-@torch._dynamo.assume_constant_result  # depends on (p, dtype) only: a constant of a compiled graph
+def _assume_constant_result(fn):
+    # torch._dynamo.assume_constant_result sets this one attribute (tests/test_import.py holds
+    # the two equal); calling it would import torch._dynamo (about 1 s) at fastdrop's import.
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result  # depends on (p, dtype) only: a constant of a compiled graph
 def _alpha_constants(p: float, dtype: torch.dtype):
     return ops.alpha_constants(p, dtype)
 

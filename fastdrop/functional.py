@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from . import _jit, contract, ops
+from . import _cpu, contract, ops
 from ._dispatch import P_DEFAULT, resolve_p, scale_of
 from ._masked import check_call_args, masked
 
@@ -45,8 +45,9 @@ def dropout_mask(shape, p, *, seed, offset=0, device="cpu"):
         raise ValueError(f"dropout_mask(): shape must have no negative dimension, but got {tuple(shape)}")
     seed = contract.check_seed(seed)
     offset = contract.check_offset(offset, shape.numel())
-    bits = _jit.keep_bits(seed, offset, shape.numel(), contract.keep_threshold(p))
-    return torch.from_numpy(bits).reshape(shape).to(device)
+    # Written piece by piece into the output: it costs its own size and no more.
+    mask = _cpu.keep_mask(torch.empty(shape, dtype=torch.bool), seed, offset, contract.keep_threshold(p))
+    return mask.to(device)
 
 
 def philox(counter, key, rounds=contract.PHILOX_ROUNDS):
