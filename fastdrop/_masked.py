@@ -62,7 +62,7 @@ class Mask:
 
     def linear(self):
         """The derivative's mask: keep * scale, the same bits without the affine part."""
-        return replace(self, affine=None)
+        return self if self.affine is None else replace(self, affine=None)
 
 
 class MaskedDropout(torch.autograd.Function):
@@ -80,12 +80,17 @@ class MaskedDropout(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return run(grad, ctx.mask.linear(), False), None, None
+        # Through autograd again only when it records (create_graph=True, or under torch.func).
+        if _transforms_active():
+            return MaskedDropout.apply(grad, ctx.mask.linear(), False), None, None
+        return run_mask(grad, ctx.mask.linear(), False), None, None
 
     @staticmethod
     def jvp(ctx, tangent, _mask, _inplace):
         # An in-place op updates its input's tangent in place.
-        return run(tangent, ctx.mask.linear(), ctx.inplace)
+        if _transforms_active():
+            return MaskedDropout.apply(tangent, ctx.mask.linear(), ctx.inplace)
+        return run_mask(tangent, ctx.mask.linear(), ctx.inplace)
 
     @staticmethod
     def vmap(info, in_dims, x, mask, inplace):
