@@ -7,8 +7,19 @@ incoming gradient). Each reads one tensor and writes one: 2 * itemsize bytes per
 
 An element's stream index is ``sum(coord * mask_stride)``: the row-major strides of the
 input (plain dropout) or of a broadcast noise shape with 0 on its size-1 dims (channel
-dropout, drop path, ``noise_shape``). With broadcast dims, ``_dropout_bcast_kernel`` draws
-one Philox word per noise element and shares it along the broadcast dims.
+dropout, drop path, ``noise_shape``). The contract fixes which word decides each element,
+not the order of work, so each layout gets the kernel that keeps its accesses 16 bytes wide:
+
+- ``_dropout_kernel``: contiguous x and y.
+- ``_dropout_grouped_kernel``: other strides where the logical innermost dim is not the
+  memory innermost (channels-last, transposed views); one Philox call per four logically
+  consecutive elements, tiles along the memory-innermost dim.
+- ``_dropout_bcast_kernel``: noise shapes; one word per noise element in a tile, shared
+  along the broadcast dims.
+- ``_dropout_strided_kernel``: any other layout, one Philox call per element.
+
+``bench/static_check.py`` compiles what the launcher launches for a list of calls and reads
+the SASS (registers, access widths, instructions per element); tests hold it to a budget.
 """
 
 import functools
