@@ -26,6 +26,7 @@ import functools
 import math
 import struct
 
+import torch
 import triton
 import triton.language as tl
 
@@ -465,7 +466,10 @@ def _plan(shape, x_strides, y_strides, mask_strides, itemsize, shift, block, ind
 
 def vec_of(x):
     """Elements of x per 16-byte access, at least 4 (one Philox call's words)."""
-    return max(4, 16 // x.element_size())
+    return _VEC[x.dtype]
+
+
+_VEC = {torch.float16: 8, torch.bfloat16: 8, torch.float32: 4, torch.float64: 4}
 
 
 def _cdiv(a, b):
