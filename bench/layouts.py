@@ -207,7 +207,8 @@ def write(rows, out, device):
         w.writerows(rows)
     lines = [f"**{device}**: effective GB/s (% of a copy of the same layout, measured in the same run); "
              "static model: compute/memory and the % of copy it predicts.", "",
-             "| call | pass | fastdrop | torch | torch.compile | copy | fastdrop vs torch | model c/m | model % |",
+             "| call | pass | fastdrop | torch | torch.compile | copy | fastdrop vs torch | model c/m "
+             "| model % |",
              "|---|---|---|---|---|---|---|---|---|"]
     by = {}
     for r in rows:
@@ -283,7 +284,8 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=240.0, help="seconds; no new call starts after it")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--static", type=Path, help="bench.static_check --json output (else it runs here)")
-    ap.add_argument("--launch-path", action="store_true", help="CPU: fastdrop's Python per call, launch stubbed")
+    ap.add_argument("--launch-path", action="store_true",
+                    help="CPU: fastdrop's Python per call, launch stubbed")
     args = ap.parse_args(argv)
     if args.launch_path:
         for name, us in launch_path().items():

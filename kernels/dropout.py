@@ -273,8 +273,10 @@ def _philox_interleaved(seed, q, step, VEC: tl.constexpr):
         a5, b5, c5, d5 = _philox(seed, q + 5 * step)
         a6, b6, c6, d6 = _philox(seed, q + 6 * step)
         a7, b7, c7, d7 = _philox(seed, q + 7 * step)
-    return (_interleave(a0, a1, a2, a3, a4, a5, a6, a7, VEC), _interleave(b0, b1, b2, b3, b4, b5, b6, b7, VEC),
-            _interleave(c0, c1, c2, c3, c4, c5, c6, c7, VEC), _interleave(d0, d1, d2, d3, d4, d5, d6, d7, VEC))
+    return (_interleave(a0, a1, a2, a3, a4, a5, a6, a7, VEC),
+            _interleave(b0, b1, b2, b3, b4, b5, b6, b7, VEC),
+            _interleave(c0, c1, c2, c3, c4, c5, c6, c7, VEC),
+            _interleave(d0, d1, d2, d3, d4, d5, d6, d7, VEC))
 
 
 # Where the keep bit of a broadcast-kernel tile comes from (the KEEP argument).
@@ -460,8 +462,8 @@ def _plan(shape, x_strides, y_strides, mask_strides, itemsize, shift, block, ind
     if plan is not None:
         return plan
     sizes, xs, ys, ls = _pad([sizes, xs, ys, ls], MAX_DIMS)
-    return ("_dropout_strided_kernel", (_cdiv(n, block),), (n,), (sizes[1], sizes[2], sizes[3], *xs, *ys, *ls),
-            dict(BLOCK=block))
+    return ("_dropout_strided_kernel", (_cdiv(n, block),), (n,),
+            (sizes[1], sizes[2], sizes[3], *xs, *ys, *ls), dict(BLOCK=block))
 
 
 def vec_of(x):
@@ -505,8 +507,9 @@ def launch(x, y, seed, offset, threshold, scale, block=BLOCK, *, mask_strides=No
         _dropout_kernel[grid](x, y, n, *args, SHIFT=shift, BLOCK=block, AFFINE=is_affine, SEED_PTR=seed_ptr,
                               VEC=vec_of(x), num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
         return y
-    plan = _plan(tuple(x.shape), x.stride(), y.stride(), None if mask_strides is None else tuple(mask_strides),
-                 x.element_size(), shift, block, INDEX32_LIMIT)
+    plan = _plan(tuple(x.shape), x.stride(), y.stride(),
+                 None if mask_strides is None else tuple(mask_strides), x.element_size(), shift, block,
+                 INDEX32_LIMIT)
     if plan is None:
         return _launch_sliced(x, y, seed, offset, threshold, scale, block,
                               row_major(x.shape) if mask_strides is None else mask_strides, affine)
