@@ -8,8 +8,8 @@ Each listed call runs through the public API (``fastdrop.dropout`` and family, f
 backward) on CPU tensors that are never touched. The launcher does all its work (layout
 walk, tile choice, arguments) and calls the jitted kernel; there, instead of launching,
 Triton's own binder specializes the arguments and compiles for sm_90 exactly as a launch on
-an H100 would, and the grid is recorded. The SASS of that cubin (ptxas, cuobjdump and
-nvdisasm ship with Triton) then gives registers, spills and local memory, shared memory,
+an H100 would, and the grid is recorded. The SASS of that cubin (Triton ships ptxas and
+cuobjdump) then gives registers, spills and local memory, shared memory,
 the width of every global load and store, and the instruction mix.
 
 Throughput model (NVIDIA H100 SXM5), a deliberately simple bound, not a simulator:
