@@ -2,7 +2,7 @@
 # The GPU check: the tests and the full benchmark on one NVIDIA GPU, offline and without pip,
 # in under 9 minutes. Everything lands in OUTDIR: gpu_check.log, nvidia-smi.txt, pytest.log,
 # bench.log, the benchmark's CSV and plot, report.md, the static check (static_check.md/.json)
-# and the layouts benchmark next to it (layouts.log, layouts-<device>.csv/.md).
+# and the layouts benchmark next to it (layouts.log, layouts/<device>.csv and .md).
 #
 #   bench/gpu_check.sh OUTDIR
 #   PYTHON=python3.11 bench/gpu_check.sh OUTDIR   # the interpreter with torch and triton
@@ -65,7 +65,7 @@ rc=$?
 log "benchmark: rc $rc$([ $rc = 124 ] && echo ' (timed out)'): $(grep -h "^wrote .*csv" "$out/bench.log")"
 
 # The static model (sm_90 SASS of the kernels each listed call launches), then the same calls
-# measured, each next to its prediction: layouts-<device>.md.
+# measured, each next to its prediction: layouts/<device>.md.
 timeout -k 5 "$static_s" "$py" -m bench.static_check --markdown --save "$out/static_check.json" \
     > "$out/static_check.md" 2>&1
 rc=$?

@@ -9,7 +9,8 @@ a copy of the same bytes (``y.copy_(x)`` on tensors of the call's layout), all t
 the same run with ``triton.testing.do_bench``. Effective GB/s counts the bytes each pass
 must move (read + write, as the static check does); % of copy is fastdrop's time against
 the copy's. The static check's prediction for the same call goes next to it. Writes
-``layouts-<device>.csv`` and ``layouts-<device>.md`` in DIR.
+``layouts/<device>.csv`` and ``layouts/<device>.md`` under DIR (a subfolder: bench.report
+reads DIR's own CSVs, the dropout sweep's).
 
 Launch path: the jitted kernels are replaced by stubs that return at once, so a call costs
 fastdrop's own Python from ``fastdrop.dropout`` (or the family function) to the launch.
@@ -50,20 +51,31 @@ def _eager(name, torch, F):
     return lambda x: F.dropout(x, p)
 
 
-def gpu_rows(budget_s, predictions, quick=False):
+def gpu_rows(budget_s, predictions, quick=False, device="cuda"):
     import torch
     import torch.nn.functional as F
-    import triton.testing
 
     import fastdrop
     from bench import static_check as S
 
     t0 = time.time()
-    dev = torch.device("cuda")
+    dev = torch.device(device)
 
     def bench(fn, grads):
-        return triton.testing.do_bench(fn, warmup=5 if quick else 10, rep=20 if quick else 50, grad_to_none=grads,
-                                       quantiles=[0.5, 0.2, 0.8])
+        if dev.type == "cuda":
+            import triton.testing
+            return triton.testing.do_bench(fn, warmup=5 if quick else 10, rep=20 if quick else 50,
+                                           grad_to_none=grads, quantiles=[0.5, 0.2, 0.8])
+        # CPU (a rehearsal of this script, not a measurement that means anything): 3 runs.
+        times = []
+        for _ in range(4):
+            for t in grads or ():
+                t.grad = None
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        times = sorted(times[1:])
+        return times[1], times[0], times[2]
 
     def measure(call, fn, xs, g):
         y = fn(xs)
@@ -120,8 +132,11 @@ def gpu_rows(budget_s, predictions, quick=False):
                 predictions.get((call.name, "fwd+bwd"))
             for prov, modes in res.items():
                 med, p20, p80 = modes[mode]
+                # The copy moves 2 * itemsize bytes per element whatever the call moves.
+                moved = 2 * call.itemsize * n if prov == "copy" else nbytes
                 rows.append(dict(call=call.name, mode=mode, provider=prov, numel=n, median_ms=med, p20_ms=p20,
-                                 p80_ms=p80, gbps=nbytes / med / 1e6, pct_copy=100 * copy_ms / med,
+                                 p80_ms=p80, gbps=moved / med / 1e6,
+                                 pct_copy=100.0 if prov == "copy" else 100 * copy_ms / med,
                                  predicted_ratio=p["ratio"] if p else "",
                                  predicted_pct=min(100, 100 / p["ratio"]) if p else ""))
     return rows
@@ -182,16 +197,18 @@ class _Built(Exception):
 
 
 def write(rows, out, device):
+    out = out / "layouts"
     out.mkdir(parents=True, exist_ok=True)
     tag = device.replace(" ", "_")
-    path = out / f"layouts-{tag}.csv"
+    path = out / f"{tag}.csv"
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     lines = [f"**{device}**: effective GB/s (% of a copy of the same layout, measured in the same run); "
              "static model: compute/memory and the % of copy it predicts.", "",
-             "| call | pass | fastdrop | torch | torch.compile | copy | fastdrop vs torch | model c/m | model % |",
+             "| call | pass | fastdrop | torch | torch.compile | copy | fastdrop vs torch | model c/m "
+             "| model % |",
              "|---|---|---|---|---|---|---|---|---|"]
     by = {}
     for r in rows:
@@ -207,7 +224,7 @@ def write(rows, out, device):
         lines.append(f"| {call} | {mode} | {cell('fastdrop')} | {cell('torch')} | {cell('torch.compile')} | "
                      f"{cell('copy')} | {vs} | {pr if pr == '' else f'{pr:.2f}'} | "
                      f"{'' if pr == '' else f'{min(100, 100 / pr):.0f}'} |")
-    (out / f"layouts-{tag}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print("wrote", path)
 
@@ -267,16 +284,17 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=240.0, help="seconds; no new call starts after it")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--static", type=Path, help="bench.static_check --json output (else it runs here)")
-    ap.add_argument("--launch-path", action="store_true", help="CPU: fastdrop's Python per call, launch stubbed")
+    ap.add_argument("--launch-path", action="store_true",
+                    help="CPU: fastdrop's Python per call, launch stubbed")
     args = ap.parse_args(argv)
     if args.launch_path:
         for name, us in launch_path().items():
             print(f"{name:26s} {us:7.2f} us/call")
         return 0
     import torch
-    if not torch.cuda.is_available():
-        print("no CUDA device: the layout benchmark needs a GPU (the static check runs anywhere:"
-              " python -m bench.static_check)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.quick:
+        print("no CUDA device: the layout benchmark needs a GPU (--quick rehearses it on the CPU)")
         return 0
     if args.static and args.static.exists():
         results = json.loads(args.static.read_text())
@@ -284,9 +302,9 @@ def main(argv=None):
         from bench import static_check as S
         results = S.run_all()
     predictions = {(r["call"], r["phase"]): r for r in results}
-    rows = gpu_rows(args.budget, predictions, args.quick)
+    rows = gpu_rows(args.budget, predictions, args.quick, device)
     if rows:
-        write(rows, args.out, torch.cuda.get_device_name())
+        write(rows, args.out, torch.cuda.get_device_name() if device == "cuda" else "cpu-rehearsal")
     return 0
 
 

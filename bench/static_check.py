@@ -8,8 +8,8 @@ Each listed call runs through the public API (``fastdrop.dropout`` and family, f
 backward) on CPU tensors that are never touched. The launcher does all its work (layout
 walk, tile choice, arguments) and calls the jitted kernel; there, instead of launching,
 Triton's own binder specializes the arguments and compiles for sm_90 exactly as a launch on
-an H100 would, and the grid is recorded. The SASS of that cubin (ptxas, cuobjdump and
-nvdisasm ship with Triton) then gives registers, spills and local memory, shared memory,
+an H100 would, and the grid is recorded. The SASS of that cubin (Triton ships ptxas and
+cuobjdump) then gives registers, spills and local memory, shared memory,
 the width of every global load and store, and the instruction mix.
 
 Throughput model (NVIDIA H100 SXM5), a deliberately simple bound, not a simulator:
@@ -103,8 +103,8 @@ def _calls():
         calls.append(Call(name, build, size, bytes_per_elem or 2 * size, vector, note))
 
     for dt, dn in ((torch.float16, "fp16"), (torch.bfloat16, "bf16"), (torch.float32, "fp32")):
-        add(f"dropout {dn} 2^24", functools.partial(fwd_bwd, lambda x: fastdrop.dropout(x, p, **kw), t((n24,), dt)),
-            dt)
+        add(f"dropout {dn} 2^24",
+            functools.partial(fwd_bwd, lambda x: fastdrop.dropout(x, p, **kw), t((n24,), dt)), dt)
     add("dropout fp16 channels-last (32,64,56,56)",
         lambda: fwd_bwd(lambda x: fastdrop.dropout(x, p, **kw), t((32, 64, 56, 56), fmt=cl)))
     add("dropout fp32 channels-last (32,64,56,56)",
@@ -114,10 +114,12 @@ def _calls():
         lambda: fwd_bwd(lambda x: fastdrop.dropout(x, p, **kw), t((8, 32, 16, 56, 56), fmt=cl3)))
     add("dropout fp16 transposed (1024,4096) strides (1,1024)",
         lambda: fwd_bwd(lambda x: fastdrop.dropout(x, p, **kw), t((4096, 1024)).t()))
-    add("dropout1d fp16 (32,256,2048)", lambda: fwd_bwd(lambda x: fastdrop.dropout1d(x, p, **kw), t((32, 256, 2048))))
+    add("dropout1d fp16 (32,256,2048)",
+        lambda: fwd_bwd(lambda x: fastdrop.dropout1d(x, p, **kw), t((32, 256, 2048))))
     add("dropout1d fp16 (32,256,2048) strides (C*L,1,C)",
         lambda: fwd_bwd(lambda x: fastdrop.dropout1d(x, p, **kw), t((32, 2048, 256)).transpose(1, 2)))
-    add("dropout2d fp16 (32,64,56,56)", lambda: fwd_bwd(lambda x: fastdrop.dropout2d(x, p, **kw), t((32, 64, 56, 56))))
+    add("dropout2d fp16 (32,64,56,56)",
+        lambda: fwd_bwd(lambda x: fastdrop.dropout2d(x, p, **kw), t((32, 64, 56, 56))))
     add("dropout2d fp16 channels-last (32,64,56,56)",
         lambda: fwd_bwd(lambda x: fastdrop.dropout2d(x, p, **kw), t((32, 64, 56, 56), fmt=cl)))
     add("dropout3d fp16 (8,32,16,56,56)",
@@ -270,8 +272,8 @@ def _sass_of(cubin: bytes):
         f.write_bytes(cubin)
         usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", str(f)], capture_output=True,
                                text=True, check=True, timeout=60).stdout
-        sass = subprocess.run([_tool("cuobjdump"), "-sass", str(f)], capture_output=True, text=True, check=True,
-                              timeout=60).stdout
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", str(f)], capture_output=True, text=True,
+                              check=True, timeout=60).stdout
     res = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage))
     ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass)
     # The trailing "BRA self" loop after EXIT is padding: never executed.
@@ -310,10 +312,12 @@ def analyse(launch):
     bound = max(bounds, key=bounds.get)
     clocks = bounds[bound]
     warps = launch.programs * md.num_warps
-    return dict(kernel=launch.kernel, programs=launch.programs, num_warps=md.num_warps, regs=res.get("REG", 0),
+    return dict(kernel=launch.kernel, programs=launch.programs, num_warps=md.num_warps,
+                regs=res.get("REG", 0),
                 stack=res.get("STACK", 0), local=res.get("LOCAL", 0) + mix["local"],
                 shared=max(res.get("SHARED", 0), md.shared), loads=dict(loads), stores=dict(stores),
-                static_instr=mix["issue"], warp_instr=warps * mix["issue"], warp_clocks=warps * clocks, bound=bound,
+                static_instr=mix["issue"], warp_instr=warps * mix["issue"], warp_clocks=warps * clocks,
+                bound=bound,
                 mix=dict(mix))
 
 
@@ -373,8 +377,9 @@ def table_rows(results):
     rows = []
     for r in results:
         rows.append([r["call"], r["phase"], r["kernel"].lstrip("_").replace("_kernel", ""), str(r["regs"]),
-                     f"{r['stack']}/{r['local']}", str(r["shared"]), _widths(r["loads"]), _widths(r["stores"]),
-                     f"{r['instr_per_elem']:.1f}", r["bound"], f"{r['ratio']:.2f}", f"{min(100, 100 / r['ratio']):.0f}"])
+                     f"{r['stack']}/{r['local']}", str(r["shared"]), _widths(r["loads"]),
+                     _widths(r["stores"]), f"{r['instr_per_elem']:.1f}", r["bound"], f"{r['ratio']:.2f}",
+                     f"{min(100, 100 / r['ratio']):.0f}"])
     return rows
 
 
@@ -406,7 +411,8 @@ def main(argv=None):
         widths = [max(len(x) for x in col) for col in zip(HEADER, *rows)]
         for r in [HEADER] + rows:
             print("  ".join(x.ljust(w) for x, w in zip(r, widths)))
-    print(f"\nModel: H100 SXM5, {SMS} SMs x {SMSP_PER_SM} SMSPs at {CLOCK_HZ / 1e9} GHz, 1 warp-instr/clock/SMSP, "
+    print(f"\nModel: H100 SXM5, {SMS} SMs x {SMSP_PER_SM} SMSPs at {CLOCK_HZ / 1e9} GHz, "
+          "1 warp-instr/clock/SMSP, "
           f"integer pipes half rate, conversions 1/8; copy {COPY_BYTES_PER_S / 1e12} TB/s. "
           f"Target: compute/memory <= {RATIO_LIMIT}.")
     return 0

@@ -7,14 +7,26 @@ incoming gradient). Each reads one tensor and writes one: 2 * itemsize bytes per
 
 An element's stream index is ``sum(coord * mask_stride)``: the row-major strides of the
 input (plain dropout) or of a broadcast noise shape with 0 on its size-1 dims (channel
-dropout, drop path, ``noise_shape``). With broadcast dims, ``_dropout_bcast_kernel`` draws
-one Philox word per noise element and shares it along the broadcast dims.
+dropout, drop path, ``noise_shape``). The contract fixes which word decides each element,
+not the order of work, so each layout gets the kernel that keeps its accesses 16 bytes wide:
+
+- ``_dropout_kernel``: contiguous x and y.
+- ``_dropout_grouped_kernel``: other strides where the logical innermost dim is not the
+  memory innermost (channels-last, transposed views); one Philox call per four logically
+  consecutive elements, tiles along the memory-innermost dim.
+- ``_dropout_bcast_kernel``: noise shapes; one word per noise element in a tile, shared
+  along the broadcast dims.
+- ``_dropout_strided_kernel``: any other layout, one Philox call per element.
+
+``bench/static_check.py`` compiles what the launcher launches for a list of calls and reads
+the SASS (registers, access widths, instructions per element); tests hold it to a budget.
 """
 
 import functools
 import math
 import struct
 
+import torch
 import triton
 import triton.language as tl
 
@@ -261,8 +273,10 @@ def _philox_interleaved(seed, q, step, VEC: tl.constexpr):
         a5, b5, c5, d5 = _philox(seed, q + 5 * step)
         a6, b6, c6, d6 = _philox(seed, q + 6 * step)
         a7, b7, c7, d7 = _philox(seed, q + 7 * step)
-    return (_interleave(a0, a1, a2, a3, a4, a5, a6, a7, VEC), _interleave(b0, b1, b2, b3, b4, b5, b6, b7, VEC),
-            _interleave(c0, c1, c2, c3, c4, c5, c6, c7, VEC), _interleave(d0, d1, d2, d3, d4, d5, d6, d7, VEC))
+    return (_interleave(a0, a1, a2, a3, a4, a5, a6, a7, VEC),
+            _interleave(b0, b1, b2, b3, b4, b5, b6, b7, VEC),
+            _interleave(c0, c1, c2, c3, c4, c5, c6, c7, VEC),
+            _interleave(d0, d1, d2, d3, d4, d5, d6, d7, VEC))
 
 
 # Where the keep bit of a broadcast-kernel tile comes from (the KEEP argument).
@@ -448,13 +462,16 @@ def _plan(shape, x_strides, y_strides, mask_strides, itemsize, shift, block, ind
     if plan is not None:
         return plan
     sizes, xs, ys, ls = _pad([sizes, xs, ys, ls], MAX_DIMS)
-    return ("_dropout_strided_kernel", (_cdiv(n, block),), (n,), (sizes[1], sizes[2], sizes[3], *xs, *ys, *ls),
-            dict(BLOCK=block))
+    return ("_dropout_strided_kernel", (_cdiv(n, block),), (n,),
+            (sizes[1], sizes[2], sizes[3], *xs, *ys, *ls), dict(BLOCK=block))
 
 
 def vec_of(x):
     """Elements of x per 16-byte access, at least 4 (one Philox call's words)."""
-    return max(4, 16 // x.element_size())
+    return _VEC[x.dtype]
+
+
+_VEC = {torch.float16: 8, torch.bfloat16: 8, torch.float32: 4, torch.float64: 4}
 
 
 def _cdiv(a, b):
@@ -490,8 +507,9 @@ def launch(x, y, seed, offset, threshold, scale, block=BLOCK, *, mask_strides=No
         _dropout_kernel[grid](x, y, n, *args, SHIFT=shift, BLOCK=block, AFFINE=is_affine, SEED_PTR=seed_ptr,
                               VEC=vec_of(x), num_warps=NUM_WARPS, enable_fp_fusion=not is_affine)
         return y
-    plan = _plan(tuple(x.shape), x.stride(), y.stride(), None if mask_strides is None else tuple(mask_strides),
-                 x.element_size(), shift, block, INDEX32_LIMIT)
+    plan = _plan(tuple(x.shape), x.stride(), y.stride(),
+                 None if mask_strides is None else tuple(mask_strides), x.element_size(), shift, block,
+                 INDEX32_LIMIT)
     if plan is None:
         return _launch_sliced(x, y, seed, offset, threshold, scale, block,
                               row_major(x.shape) if mask_strides is None else mask_strides, affine)

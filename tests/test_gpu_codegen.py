@@ -79,13 +79,15 @@ def strided_grouped_and_broadcast_kernels_compile():
     names = ["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits", "O1", "A", "B"]
     names += [f"{k}{d}" for k in "XYL" for d in ("O0", "O1", "A", "B")]
     for keep in range(5):
-        compile_ptx(K._dropout_bcast_kernel, {"X_ptr": "*fp32", "Y_ptr": "*fp32", **scalars(names, keep == 0)},
+        sig = {"X_ptr": "*fp32", "Y_ptr": "*fp32", **scalars(names, keep == 0)}
+        compile_ptx(K._dropout_bcast_kernel, sig,
                     {"SHIFT": 0, "AFFINE": keep == 1, "SEED_PTR": keep == 0, "KEEP": keep, "BLOCK_A": 32,
                      "BLOCK_B": 64, "VEC": 4, "IDX64": keep == 2}, ["X_ptr", "Y_ptr"])
     names = ["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits", "O1", "NG", "I", "W"]
     names += [f"{k}{d}" for k in "XY" for d in ("O0", "O1", "W", "I")] + ["QO0", "QO1", "QI"]
     for vec, dtype in ((8, "fp16"), (4, "fp32"), (2, "fp64")):
-        compile_ptx(K._dropout_grouped_kernel, {"X_ptr": f"*{dtype}", "Y_ptr": f"*{dtype}", **scalars(names, True)},
+        sig = {"X_ptr": f"*{dtype}", "Y_ptr": f"*{dtype}", **scalars(names, True)}
+        compile_ptx(K._dropout_grouped_kernel, sig,
                     {"SHIFT": 3, "AFFINE": True, "SEED_PTR": True, "BLOCK_G": 16, "BLOCK_I": 64, "VEC": vec,
                      "IDX64": vec == 2}, ["X_ptr", "Y_ptr"])
 
@@ -94,8 +96,8 @@ def residual_kernel_compiles():
     from fastdrop.kernels import residual as R
     sig = {"X_ptr": "*fp16", "B_ptr": "*fp16", "R_ptr": "*fp16", "Y_ptr": "*fp16",
            **scalars(["n", "H", "seed", "base", "threshold", "scale_bits"], False)}
-    compile_ptx(R._dropout_add_kernel, sig, {"SHIFT": 0, "HAS_BIAS": True, "BLOCK": R.BLOCK, "SEED_PTR": False,
-                                                  "VEC": 8},
+    compile_ptx(R._dropout_add_kernel, sig,
+                {"SHIFT": 0, "HAS_BIAS": True, "BLOCK": R.BLOCK, "SEED_PTR": False, "VEC": 8},
                 ["X_ptr", "B_ptr", "R_ptr", "Y_ptr", "n"])
 
 
