@@ -23,6 +23,11 @@ SCALE = 1 / (1 - P)
 IMPLS = {"torch": F.dropout, "fastdrop": fastdrop.dropout}
 
 
+@pytest.fixture(autouse=True)
+def fixed_seed():
+    torch.manual_seed(1234)  # unseeded calls draw from the global generator: fixed per test
+
+
 def keep_rate_ok(kept, n, p=P):
     """The kept fraction within 6 standard deviations of 1 - p (binomial)."""
     sd = math.sqrt(p * (1 - p) / n)
