@@ -36,21 +36,27 @@ _inline = numba.njit(nogil=True, cache=True, inline="always")  # small helpers c
 
 # ---- Philox ------------------------------------------------------------------------------
 
-@_jit
-def _philox(q0, ncalls, k0, k1, out):
-    # out[4i + w] = word w of Philox4x32 at counter q0 + i, key (k0, k1). The state is four
+@_inline
+def _philox_call(q, k0, k1):
+    # The four words of Philox4x32 at counter q (uint64), key (k0, k1). The state is four
     # uint32 values and each product a zero-extended 32 x 32 -> 64 multiply, so LLVM unrolls
     # the rounds and runs calls side by side in vector lanes (vpmuludq), one call per lane.
+    c0, c1 = np.uint32(q), np.uint32(q >> np.uint64(32))
+    c2 = c3 = np.uint32(0)
+    a, b = np.uint32(k0), np.uint32(k1)
+    for _ in range(_ROUNDS):
+        p0, p1 = np.uint64(c0) * _M0, np.uint64(c2) * _M1
+        c0, c1, c2, c3 = (np.uint32(p1 >> np.uint64(32)) ^ c1 ^ a, np.uint32(p1),
+                          np.uint32(p0 >> np.uint64(32)) ^ c3 ^ b, np.uint32(p0))
+        a, b = np.uint32(a + _W0), np.uint32(b + _W1)
+    return c0, c1, c2, c3
+
+
+@_jit
+def _philox(q0, ncalls, k0, k1, out):
+    # out[4i + w] = word w of Philox4x32 at counter q0 + i, key (k0, k1).
     for i in range(ncalls):
-        q = np.uint64(q0) + np.uint64(i)
-        c0, c1 = np.uint32(q), np.uint32(q >> np.uint64(32))
-        c2 = c3 = np.uint32(0)
-        a, b = np.uint32(k0), np.uint32(k1)
-        for _ in range(_ROUNDS):
-            p0, p1 = np.uint64(c0) * _M0, np.uint64(c2) * _M1
-            c0, c1, c2, c3 = (np.uint32(p1 >> np.uint64(32)) ^ c1 ^ a, np.uint32(p1),
-                              np.uint32(p0 >> np.uint64(32)) ^ c3 ^ b, np.uint32(p0))
-            a, b = np.uint32(a + _W0), np.uint32(b + _W1)
+        c0, c1, c2, c3 = _philox_call(np.uint64(q0) + np.uint64(i), k0, k1)
         out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3] = c0, c1, c2, c3
 
 
@@ -73,15 +79,7 @@ def _philox_apply(xs, ys, q0, k0, k1, t, s):
     # vectorize the 16-bit conversions in this interleaved form).
     zero = s - s
     for i in range(xs.size // 4):
-        q = np.uint64(q0) + np.uint64(i)
-        c0, c1 = np.uint32(q), np.uint32(q >> np.uint64(32))
-        c2 = c3 = np.uint32(0)
-        a, b = np.uint32(k0), np.uint32(k1)
-        for _ in range(_ROUNDS):
-            p0, p1 = np.uint64(c0) * _M0, np.uint64(c2) * _M1
-            c0, c1, c2, c3 = (np.uint32(p1 >> np.uint64(32)) ^ c1 ^ a, np.uint32(p1),
-                              np.uint32(p0 >> np.uint64(32)) ^ c3 ^ b, np.uint32(p0))
-            a, b = np.uint32(a + _W0), np.uint32(b + _W1)
+        c0, c1, c2, c3 = _philox_call(np.uint64(q0) + np.uint64(i), k0, k1)
         ys[4 * i] = xs[4 * i] * s if _keep(c0, t) else zero
         ys[4 * i + 1] = xs[4 * i + 1] * s if _keep(c1, t) else zero
         ys[4 * i + 2] = xs[4 * i + 2] * s if _keep(c2, t) else zero
