@@ -81,15 +81,11 @@ class MaskedDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         # Through autograd again only when it records (create_graph=True, or under torch.func).
-        if _transforms_active():
-            return MaskedDropout.apply(grad, ctx.mask.linear(), False), None, None
         return run_mask(grad, ctx.mask.linear(), False), None, None
 
     @staticmethod
     def jvp(ctx, tangent, _mask, _inplace):
         # An in-place op updates its input's tangent in place.
-        if _transforms_active():
-            return MaskedDropout.apply(tangent, ctx.mask.linear(), ctx.inplace)
         return run_mask(tangent, ctx.mask.linear(), ctx.inplace)
 
     @staticmethod
@@ -265,8 +261,8 @@ def masked(input, p, noise_shape, inplace, seed, offset, generator, backend, *, 
 
 
 def run_mask(input, mask, inplace):
-    """The masked op on a plain tensor: through autograd when it needs to see it."""
-    if (torch.is_grad_enabled() and input.requires_grad) or _fwd._current_level >= 0:
+    """The masked op: through the Function when autograd or torch.func needs to see it."""
+    if _transforms_active() or (torch.is_grad_enabled() and input.requires_grad) or _fwd._current_level >= 0:
         return run(input, mask, inplace)
     y = mask.apply(input, input if inplace else torch.empty_like(input))
     if inplace and not input.is_inference():  # written outside autograd: tell it, as in-place ops do
