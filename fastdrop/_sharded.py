@@ -82,7 +82,7 @@ def wrapper_masked(input, p, noise_shape, inplace, seed, offset, generator, back
     from ._masked import seed_offset
 
     count = input.numel() if noise_shape is None else math.prod(noise_shape)
-    seed, offset = seed_offset(seed, offset, count, p, input.device, generator, "cpu")
+    seed, offset = seed_offset(seed, offset, count, p, input.device, generator, backend)
     return ops.traced_dropout(input, p, inplace, seed, offset, backend, noise_shape, scale, affine)
 
 
