@@ -71,31 +71,6 @@ def _words(k0, k1, offset, i, m, buf):
     return skip
 
 
-@_jit
-def _philox_apply(xs, ys, q0, k0, k1, t, s):
-    # ys[4i + w] = keep ? xs[4i + w] * s : 0 with the keep bit from word w of Philox call
-    # q0 + i: the words never leave registers, and the multiplies of one vector of calls
-    # overlap the loads and stores of the last. Float32/float64 storage only (LLVM does not
-    # vectorize the 16-bit conversions in this interleaved form).
-    zero = s - s
-    for i in range(xs.size // 4):
-        c0, c1, c2, c3 = _philox_call(np.uint64(q0) + np.uint64(i), k0, k1)
-        ys[4 * i] = xs[4 * i] * s if _keep(c0, t) else zero
-        ys[4 * i + 1] = xs[4 * i + 1] * s if _keep(c1, t) else zero
-        ys[4 * i + 2] = xs[4 * i + 2] * s if _keep(c2, t) else zero
-        ys[4 * i + 3] = xs[4 * i + 3] * s if _keep(c3, t) else zero
-
-
-def _fused(xs):
-    """Whether ``_philox_apply`` serves this storage (float32, float64)."""
-
-
-@overload(_fused)
-def _fused_impl(xs):
-    fused = isinstance(xs.dtype, types.Float)
-    return lambda xs: fused
-
-
 def _keep(word, t):
     """Keep bit of a random word (t = 2**32 keeps all), or a bool keep bit as it is."""
 
@@ -234,18 +209,11 @@ def _bit_run(xs, ys, keep, s, a, d, affine):
 
 @_jit
 def _mask_run(xs, ys, k0, k1, g, t, s, a, d, affine, buf):
-    # _bits_run over a 1-D run whose first element is stream element g (uint64): aligned
-    # whole Philox calls in the fused loop where it serves, the rest block by block.
+    # _bits_run over a 1-D run whose first element is stream element g (uint64), block by
+    # block: each block's words are written to buf (in L1) by the vectorized Philox loop,
+    # then read by the vectorized apply. (One loop holding the words in registers ran 4x
+    # slower on AVX2, where LLVM leaves it scalar.)
     m, j = xs.size, 0
-    if _fused(xs) and not affine:
-        j = min(m, np.int64((np.uint64(4) - g % np.uint64(4)) % np.uint64(4)))  # the head: blocks
-        calls = (m - j) // 4
-        if j:
-            skip = _words(k0, k1, g, 0, j, buf)
-            _bits_run(xs[:j], ys[:j], buf[skip:skip + j], t, s, a, d, affine)
-        q0 = (g + np.uint64(j)) // np.uint64(4)
-        _philox_apply(xs[j:j + 4 * calls], ys[j:j + 4 * calls], q0, k0, k1, t, s)
-        j += 4 * calls
     while j < m:
         mm = min(BLOCK, m - j)
         skip = _words(k0, k1, g, j, mm, buf)
