@@ -176,3 +176,36 @@ def test_peak_memory_is_the_output():
     for line in out.stdout.strip().splitlines():
         name, grew, size = line.split()
         assert int(grew) <= int(size) + slack, line
+
+
+def _vm_flags(address):
+    # VmFlags of the mapping holding address, from /proc/self/smaps
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise LookupError(hex(address))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise is Linux's")
+@pytest.mark.parametrize("call", ["dropout", "backward", "dropout_add"])
+def test_fresh_outputs_ask_for_huge_pages(call):
+    # A large fresh output is marked MADV_HUGEPAGE ("hg") before its first write: faulting it
+    # in 4 KiB pages cost more than the dropout itself. In-place calls mark nothing.
+    x = torch.randn(1 << 22)  # 16 MiB
+    if call == "dropout":
+        y = fastdrop.dropout(x, 0.1)
+    elif call == "backward":
+        xg = x.clone().requires_grad_()
+        (y,) = torch.autograd.grad(fastdrop.dropout(xg, 0.1), xg, torch.ones_like(x))
+    else:
+        y = fastdrop.dropout_add(x, x, 0.1)
+    first_huge = -(-y.data_ptr() // _cpu.HUGE_PAGE) * _cpu.HUGE_PAGE
+    assert "hg" in _vm_flags(first_huge)
+    fastdrop.dropout(x, 0.1, inplace=True)
+    assert "hg" not in _vm_flags(-(-x.data_ptr() // _cpu.HUGE_PAGE) * _cpu.HUGE_PAGE)
