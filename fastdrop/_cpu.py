@@ -31,6 +31,7 @@ from . import contract
 CHUNK = 1 << 18
 BITS_CHUNK = 1 << 21  # loops over keep bits computed before (noise_shape forms)
 HALF_TYPES = (torch.float16, torch.bfloat16)
+_ROW_STRIDES = np.array([1, 0, 0, 0], dtype=np.int64)  # noise_rows: one keep bit per row
 _pools: dict = {}  # (pid, workers) -> ThreadPoolExecutor
 _pool_lock = threading.Lock()
 _jit = False  # fastdrop._jit once imported; None without numba
@@ -220,6 +221,15 @@ def apply(x: torch.Tensor, y: torch.Tensor, seed: int, offset: int, threshold: i
     bits = torch.empty(math.prod(noise_shape), dtype=torch.bool)  # one byte per noise element
     keep_mask(bits, seed, offset, threshold)
     bits_np = bits.numpy()
+    lead = len(noise_shape) - next((i for i, s in enumerate(reversed(noise_shape)) if s != 1), len(noise_shape))
+    if x.is_contiguous() and y.is_contiguous() and tuple(noise_shape[:lead]) == tuple(x.shape[:lead]):
+        # One bit per row of (prod(leading dims), rest): channel dropout, drop path. The
+        # general walk below costs ~30 us of Python per call here.
+        rows = bits_np.size
+        xv, yv = _numpy(x).reshape(rows, 1, 1, n // rows), _numpy(y).reshape(rows, 1, 1, n // rows)
+        run(lambda lo, hi: jit.noise_rows(xv, yv, bits_np, _ROW_STRIDES, scale, add, drop, is_affine, lo, hi), n,
+            BITS_CHUNK)
+        return y
     noise_strides = [0 if s == 1 else st for s, st in zip(noise_shape, contract.row_major(noise_shape))]
     for sizes, (xs, ys, ns), (x0, y0, n0), _ in _pieces(x.shape, x.stride(), y.stride(), noise_strides):
         xv, yv, nv = _numpy(x, sizes, xs, x0), _numpy(y, sizes, ys, y0), np.array(ns, dtype=np.int64)
