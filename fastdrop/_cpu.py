@@ -222,12 +222,14 @@ def apply(x: torch.Tensor, y: torch.Tensor, seed: int, offset: int, threshold: i
     keep_mask(bits, seed, offset, threshold)
     bits_np = bits.numpy()
     lead = len(noise_shape) - next((i for i, s in enumerate(reversed(noise_shape)) if s != 1), len(noise_shape))
-    if x.is_contiguous() and y.is_contiguous() and tuple(noise_shape[:lead]) == tuple(x.shape[:lead]):
-        # One bit per row of (prod(leading dims), rest): channel dropout, drop path. The
-        # general walk below costs ~30 us of Python per call here.
-        rows = bits_np.size
+    if lead < len(noise_shape) and x.is_contiguous() and y.is_contiguous():
+        # The bit changes only along leading dims (channel dropout, drop path, (1, C, 1)):
+        # one bit per row of (prod(leading dims), rest), broadcast to the rows if needed.
+        # The general walk below costs ~20-80 us of Python per call here.
+        row_bits = bits.view(noise_shape[:lead]).expand(x.shape[:lead]).reshape(-1).numpy()
+        rows = row_bits.size
         xv, yv = _numpy(x).reshape(rows, 1, 1, n // rows), _numpy(y).reshape(rows, 1, 1, n // rows)
-        run(lambda lo, hi: jit.noise_rows(xv, yv, bits_np, _ROW_STRIDES, scale, add, drop, is_affine, lo, hi), n,
+        run(lambda lo, hi: jit.noise_rows(xv, yv, row_bits, _ROW_STRIDES, scale, add, drop, is_affine, lo, hi), n,
             BITS_CHUNK)
         return y
     noise_strides = [0 if s == 1 else st for s, st in zip(noise_shape, contract.row_major(noise_shape))]
