@@ -1,10 +1,12 @@
 """The CPU path: the mask contract's keep bits and the apply in one compiled pass.
 
-The loops (``fastdrop._jit``, numba) read x, write y and keep Philox's words in a block
-that stays in L1: no temporaries per element, for any strides (x and y are
-walked in logical order where they lie in memory). Calls are split by index ranges over
-``torch.get_num_threads()`` threads, read at each call; small calls run inline. Without numba the same bits come from
-``contract.keep_bits`` (numpy) and the values from torch ops (``_transform``).
+The loops (``fastdrop._jit``; built ahead of time by ``fastdrop._aot`` where that was run,
+else compiled by numba at first use) read x, write y and keep Philox's words in a block that
+stays in L1: no temporaries per element, for any strides (x and y are walked in logical
+order where they lie in memory). Calls are split by index ranges over
+``torch.get_num_threads()`` threads, read at each call; small calls run inline. Without
+numba the same bits come from ``contract.keep_bits`` (numpy) and the values from torch ops
+(``_transform``).
 """
 
 from __future__ import annotations
@@ -34,22 +36,33 @@ HALF_TYPES = (torch.float16, torch.bfloat16)
 _ROW_STRIDES = np.array([1, 0, 0, 0], dtype=np.int64)  # noise_rows: one keep bit per row
 _pools: dict = {}  # (pid, workers) -> ThreadPoolExecutor
 _pool_lock = threading.Lock()
-_jit = False  # fastdrop._jit once imported; None without numba
+_jit = False  # the loops once loaded (fastdrop._aot's or fastdrop._jit); None without numba
+_numba_loops = False  # fastdrop._jit once imported; None without numba
 HUGE_PAGE = 1 << 21  # x86-64 and arm64 transparent huge pages (2 MiB)
 _madvise = False  # libc's madvise once looked up; None where there is none
 
 
 def loops():
-    """The compiled loops, imported at the first CPU call (numba is slow to import); None
-    where numba is not installed."""
+    """The compiled loops, loaded at the first CPU call: the ahead-of-time built module where
+    there is one for this machine (``python -m fastdrop._aot``), else numba's JIT (0.5 s to
+    import and set up); None where neither is there."""
     global _jit
     if _jit is False:
+        from . import _aot
+        _jit = _aot.load(numba_loops) or numba_loops()
+    return _jit
+
+
+def numba_loops():
+    """fastdrop._jit (numba is slow to import: only when needed); None without numba."""
+    global _numba_loops
+    if _numba_loops is False:
         try:
             from . import _jit as loaded
         except ImportError:
             loaded = None
-        _jit = loaded
-    return _jit
+        _numba_loops = loaded
+    return _numba_loops
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
