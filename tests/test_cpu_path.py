@@ -197,7 +197,7 @@ def _vm_flags(address):
 def test_fresh_outputs_ask_for_huge_pages(call):
     # A large fresh output is marked MADV_HUGEPAGE ("hg") before its first write: faulting it
     # in 4 KiB pages cost more than the dropout itself. In-place calls mark nothing.
-    x = torch.randn(1 << 22)  # 16 MiB
+    x = torch.randn(1 << 23)  # 32 MiB
     if call == "dropout":
         y = fastdrop.dropout(x, 0.1)
     elif call == "backward":
