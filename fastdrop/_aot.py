@@ -4,8 +4,9 @@
 
 The loops of ``fastdrop._jit``, unchanged, go through ``numba.pycc`` into an extension module
 next to this file, one per x86-64 level (``x86-64-v3``: AVX2, ``-v4``: AVX-512), loaded only
-where torch reports that level and only if built from the present source. It imports no numba (a first call costs milliseconds, not
-numba's import and set-up) and runs the same machine code as the JIT (same bits, same speed).
+where torch reports that level and only if built from the present source. It imports no
+numba (a first call costs milliseconds, not numba's import and set-up) and runs code of the
+same source as the JIT (same bits, same speed).
 
 Its entry points check none of their arguments (a wrong dtype crashes, a strided array
 passed as contiguous gives wrong values), so ``Loops`` calls them only for the exact dtype,
