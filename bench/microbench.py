@@ -9,7 +9,8 @@
 Writes <device>.csv (<device>-quick.csv for the quick run) and a plot next to it into
 bench/out/ (ignored by git), --out DIR, or with --record bench/results/, the tracked
 folder the README table is generated from. Every provider's bandwidth uses the same byte
-count (see ``bytes_moved``).
+count (see ``bytes_moved``). On CPU a case's providers are timed in alternating rounds
+(``time_cpu``), so the machine's drift falls on all of them alike.
 """
 
 from __future__ import annotations
@@ -59,16 +60,23 @@ def time_cuda(fn, grads):
     return med, p20, p80
 
 
-def time_cpu(fn, grads, full=False, min_samples=3):
-    """(median, p20, p80) in ms on the CPU, with all of torch's threads (Timer defaults to 1)."""
-    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    m = timer.adaptive_autorange(threshold=0.1, min_run_time=0.2 if full else 0.05,
-                                 max_run_time=1.5 if full else 0.5)
-    times = list(m.times)  # seconds per call, one per block of m.number_per_run calls
-    while len(times) < min_samples:  # slow calls: a few more blocks so p20/p80 mean something
-        times += timer.timeit(m.number_per_run).times
-    p20, p50, p80 = np.quantile(times, [0.2, 0.5, 0.8])
-    return p50 * 1e3, p20 * 1e3, p80 * 1e3
+def time_cpu(fns: dict, full=False) -> dict:
+    """name -> (median, p20, p80) in ms on the CPU, with all of torch's threads (Timer defaults
+    to 1). The closures are timed in alternating rounds, one block of calls each per round, so
+    the machine's drift during a run (large on small shared VMs: timed one after the other, a
+    case's ratio moved from 0.73 to 1.21 between runs) falls on all of them alike."""
+    timers = {k: benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+              for k, fn in fns.items()}
+    block_s = 0.02 if full else 0.01
+    numbers = {}
+    for k, t in timers.items():  # one call warms up, the second sizes the blocks
+        t.timeit(1)
+        numbers[k] = max(1, int(block_s / max(t.timeit(1).times[0], 1e-7)))
+    times = {k: [] for k in fns}
+    for _ in range(15 if full else 7):
+        for k, t in timers.items():
+            times[k].append(t.timeit(numbers[k]).times[0])
+    return {k: tuple(float(q) * 1e3 for q in np.quantile(v, [0.5, 0.2, 0.8])) for k, v in times.items()}
 
 
 def make_ops():
@@ -171,7 +179,7 @@ def run_variant(dt, n, variant, p, full):
     x = torch.randn(shape(n), dtype=DTYPES[dt])
     r, out = torch.randn_like(x), torch.empty_like(x)
     fns = {"fastdrop": lambda: ours(x, r, p), "torch": lambda: theirs(x, r, p), "copy": lambda: out.copy_(x)}
-    times = {name: time_cpu(fn, None, full) for name, fn in fns.items()}
+    times = time_cpu(fns, full)
     rows = []
     for name, (med, p20, p80) in times.items():
         rows.append(dict(dtype=dt, numel=n, mode=f"{variant} forward", provider=name, p=p, median_ms=med,
@@ -199,24 +207,25 @@ HEADER = (f"{'dtype':>5} {'numel':<5}{'mode':>22} {'provider':>14}{'median ms':>
 def run_block(device, dt, n, p, ops, skipped, failed, saved, full):
     """All modes and providers for one (dtype, numel): rows without the run-wide columns."""
     dtype = DTYPES[dt]
-    timer = time_cuda if device.type == "cuda" else (lambda fn, grads: time_cpu(fn, grads, full))
     x = torch.randn(n, device=device, dtype=dtype)
     xg = x.clone().requires_grad_()
     g = torch.randn_like(x)
     out, out2 = torch.empty_like(x), torch.empty_like(x)
     rows = []
     for mode in MODES:
-        times = {}
+        times, cpu_fns = {}, {}
         for name, op in ops.items():
             if name in skipped or (name, mode, dt) in skipped:
                 continue
             try:
                 t0 = time.perf_counter()
                 fn = closure(op, mode, x, xg, g, p)
-                if device.type == "cuda" or name == "torch.compile":
-                    fn()  # where torch.compile compiles (the CPU Timer warms up the others)
+                fn()  # where torch.compile compiles, and where any provider's failure shows
                 warm_s = time.perf_counter() - t0
-                times[name] = timer(fn, [xg])
+                if device.type == "cuda":
+                    times[name] = time_cuda(fn, [xg])
+                else:
+                    cpu_fns[name] = fn  # timed below, all providers in alternating rounds
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - a failing provider is reported, the run goes on
@@ -235,7 +244,10 @@ def run_block(device, dt, n, p, ops, skipped, failed, saved, full):
             if name == "torch.compile" and device.type == "cpu" and warm_s > COMPILE_LIMIT_S:
                 skipped[name] = f"CPU inductor compile took {warm_s:.0f} s (limit {COMPILE_LIMIT_S:.0f} s)"
                 print(f"  skipping {name} from here on: {skipped[name]}")
-        times["copy"] = timer(copy_closure(mode, x, g, out, out2), None)
+        if device.type == "cuda":
+            times["copy"] = time_cuda(copy_closure(mode, x, g, out, out2), None)
+        else:
+            times = time_cpu({**cpu_fns, "copy": copy_closure(mode, x, g, out, out2)}, full)
         nbytes = bytes_moved(mode, n, x.element_size())
         eager = times["torch"][0] if "torch" in times else float("nan")
         for name, (med, p20, p80) in times.items():
