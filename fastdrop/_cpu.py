@@ -238,7 +238,6 @@ def apply(x: torch.Tensor, y: torch.Tensor, seed: int, offset: int, threshold: i
         return y
     bits = torch.empty(math.prod(noise_shape), dtype=torch.bool)  # one byte per noise element
     keep_mask(bits, seed, offset, threshold)
-    bits_np = bits.numpy()
     lead = len(noise_shape) - next((i for i, s in enumerate(reversed(noise_shape)) if s != 1), len(noise_shape))
     if lead < len(noise_shape) and x.is_contiguous() and y.is_contiguous():
         # The bit changes only along leading dims (channel dropout, drop path, (1, C, 1)):
@@ -250,6 +249,7 @@ def apply(x: torch.Tensor, y: torch.Tensor, seed: int, offset: int, threshold: i
         run(lambda lo, hi: jit.noise_rows(xv, yv, row_bits, _ROW_STRIDES, scale, add, drop, is_affine, lo, hi), n,
             BITS_CHUNK)
         return y
+    bits_np = bits.numpy()
     noise_strides = [0 if s == 1 else st for s, st in zip(noise_shape, contract.row_major(noise_shape))]
     for sizes, (xs, ys, ns), (x0, y0, n0), _ in _pieces(x.shape, x.stride(), y.stride(), noise_strides):
         xv, yv, nv = _numpy(x, sizes, xs, x0), _numpy(y, sizes, ys, y0), np.array(ns, dtype=np.int64)

@@ -119,10 +119,8 @@ def test_a_module_built_from_other_source_is_not_loaded(monkeypatch):
 
 
 def test_first_cpu_call_imports_no_numba():
-    code = ("import sys, time, torch, fastdrop\n"
-            "x = torch.randn(4096)\n"
-            "t = time.perf_counter(); fastdrop.dropout(x, 0.5); dt = time.perf_counter() - t\n"
-            "print('numba' in sys.modules, type(fastdrop._cpu._jit).__name__, dt)")
+    code = ("import sys, torch, fastdrop\n"
+            "fastdrop.dropout(torch.randn(4096), 0.5)\n"
+            "print('numba' in sys.modules, type(fastdrop._cpu._jit).__name__)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
-    numba_loaded, loops, seconds = out.stdout.split()
-    assert (numba_loaded, loops) == ("False", "Loops"), out.stdout
+    assert out.stdout.split() == ["False", "Loops"], out.stdout
