@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 # The CPU loops compiled ahead of time for this machine (16-32 s here; a first CPU call then
 # needs no numba). Rebuilt when the loops' source changes; a no-op off x86-64.
-$(VENV)/.aot: $(VENV)/.installed fastdrop/_jit.py fastdrop/_aot.py
+$(VENV)/.aot: $(VENV)/.installed fastdrop/_jit.py fastdrop/_job.py fastdrop/_aot.py
 	$(BIN)/python -m fastdrop._aot
 	touch $@
 

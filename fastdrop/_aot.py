@@ -42,10 +42,10 @@ def _levels() -> tuple:
 
 
 def source_hash() -> int:
-    """The loops' source (this file and _jit.py) as an int64: a module built from other
-    source is not loaded, so an edit to the loops never runs stale machine code."""
+    """The loops' source (this file, _jit.py and _job.py) as an int64: a module built from
+    other source is not loaded, so an edit to the loops never runs stale machine code."""
     h = hashlib.sha256()
-    for name in ("_jit.py", "_aot.py"):
+    for name in ("_jit.py", "_job.py", "_aot.py"):
         h.update((Path(__file__).parent / name).read_bytes())
     return int.from_bytes(h.digest()[:8], "little", signed=True)
 
@@ -72,13 +72,19 @@ def _exports():
         out.append((f"dropout_add_{tag}", _jit.dropout_add,
                     T.void(a1, a1, T.boolean, a1, a1, T.int64, T.int64, T.uint64, T.int64, T.float64, T.int64,
                            T.int64)))
+    out.append(("omp_body", _jit.omp_body, T.void(T.int64)))
     return out
+
+
+OMP_SYMBOL = "fastdrop_omp_body"  # omp_body as a C function, exported by the module
 
 
 def build(folder: Path | None = None) -> Path:
     """Compile the loops for the best level this machine runs; returns the module's path."""
     from numba.pycc import CC
     from numba.pycc import compiler
+
+    from . import _jit
 
     levels = _levels()
     if not levels:
@@ -93,18 +99,30 @@ def build(folder: Path | None = None) -> Path:
     built_from = source_hash()
     cc.export("source_hash", "int64()")(lambda: built_from)
     # pycc's wrappers keep the GIL, which serialized the CPU path's threads (2^24 on two
-    # threads: 104 ms, on one: 35 ms); its compile_extra is given the JIT's nogil flag.
+    # threads: 104 ms, on one: 35 ms); its compile_extra is given the JIT's nogil flag. And
+    # omp_body's C wrapper (numba makes one per function) is exported under OMP_SYMBOL: the
+    # OpenMP runtime calls it (fastdrop._cpu).
     compile_extra = compiler.compile_extra
 
     def nogil(typing, target, fn, args, ret, flags, *rest, **kw):
         flags.release_gil = True
-        return compile_extra(typing, target, fn, args, ret, flags, *rest, **kw)
+        cres = compile_extra(typing, target, fn, args, ret, flags, *rest, **kw)
+        if fn is _jit.omp_body.py_func:
+            wrapper = cres.library.get_function(cres.fndesc.llvm_cfunc_wrapper_name)
+            wrapper.name, wrapper.linkage = OMP_SYMBOL, "external"
+        return cres
 
-    compiler.compile_extra = nogil
+    cull = compiler._ModuleCompiler._cull_exports
+
+    def cull_keeping_omp_body(self):
+        self.dll_exports.append(OMP_SYMBOL)  # left visible, as pycc leaves no other function
+        return cull(self)
+
+    compiler.compile_extra, compiler._ModuleCompiler._cull_exports = nogil, cull_keeping_omp_body
     try:
         cc.compile()
     finally:
-        compiler.compile_extra = compile_extra
+        compiler.compile_extra, compiler._ModuleCompiler._cull_exports = compile_extra, cull
     return next(Path(cc.output_dir).glob(module_name(levels[0]) + ".*"))
 
 
@@ -141,6 +159,16 @@ class Loops:
                 for layout in layouts:
                     name = f"{kind}_{tag}" + (f"_{layout}" if layout else "")
                     self._entries[kind, np.dtype(dt), layout or "C"] = getattr(mod, name)
+
+        self._omp_address = None
+
+    def omp_body_address(self) -> int:
+        """The address of the module's ``omp_body`` as a C function (see ``_jit``)."""
+        if self._omp_address is None:
+            import ctypes
+            fn = ctypes.CDLL(self._mod.__file__)[OMP_SYMBOL]  # the module already loaded: its own handle
+            self._omp_address = ctypes.cast(fn, ctypes.c_void_p).value
+        return self._omp_address
 
     def _fallback(self):
         loops = self._jit_loops()

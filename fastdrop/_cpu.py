@@ -15,6 +15,7 @@ import ctypes
 import itertools
 import math
 import os
+import struct
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -23,6 +24,9 @@ import numpy as np
 import torch
 
 from . import contract
+from ._job import (D_AFFINE, D_AUX, D_AUXN, D_BIAS, D_CONTIG, D_DTYPE, D_FLOATS, D_HAS_BIAS, D_K0, D_K1, D_KIND, D_N,
+                   D_NS, D_OFFSET, D_PIECE, D_SHAPE, D_T, D_X, D_XS, D_Y, D_YS, DESC, DTYPE_CODES, KIND_ADD, KIND_KEEP,
+                   KIND_NOISE, KIND_ROWS)
 
 # The smallest piece a thread takes; a call this size or smaller runs inline. Handing a piece
 # to a pool thread and back costs about 0.1 ms on a 2-core VM (submit + result of a no-op:
@@ -32,7 +36,14 @@ from . import contract
 # 275 us, 2^21 399 vs 387, 2^22 1534 vs 1032.
 CHUNK = 1 << 18
 BITS_CHUNK = 1 << 21  # loops over keep bits computed before (noise_shape forms)
+# On PyTorch's OpenMP threads (``run``'s job), awake between its ops, a piece pays from much
+# smaller sizes: 2^16 Philox-bound dropout right after a torch op took 114 us inline, 62-76
+# on them (2-core EPYC VM).
+OMP_CHUNK = 1 << 15
 HALF_TYPES = (torch.float16, torch.bfloat16)
+_gomp_parallel = False  # GOMP_parallel once looked up; None where there is none (or after a fork)
+_CODES = {np.dtype(name): code for name, code in DTYPE_CODES.items()}  # a loop's storage dtype -> the job's code
+_TEMPLATE = [0] * DESC
 _ROW_STRIDES = np.array([1, 0, 0, 0], dtype=np.int64)  # noise_rows: one keep bit per row
 _pools: dict = {}  # (pid, workers) -> ThreadPoolExecutor
 _pool_lock = threading.Lock()
@@ -80,15 +91,25 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pools[key]
 
 
-def run(fn, n: int, chunk: int = CHUNK):
+def run(fn, n: int, chunk: int = CHUNK, job=None):
     """fn(lo, hi) over pieces of [0, n), on torch.get_num_threads() threads (this one among them),
     each piece at least ``chunk`` elements.
+
+    ``job()``, where given, is the same work as numbers (``_desc``): above ``OMP_CHUNK``
+    elements it runs on PyTorch's own OpenMP threads (``_jit.omp_body``), where there are.
 
     If a piece raises, or the caller is interrupted (KeyboardInterrupt), no piece starts after
     that and the pieces already running finish before the exception reaches the caller: no
     thread writes into the output once the call has returned or raised.
     """
     threads = torch.get_num_threads()
+    if job is not None and n > OMP_CHUNK and threads > 1 and _omp() is not None:
+        desc, floats = job()
+        desc[D_N], desc[D_FLOATS:D_FLOATS + 3] = n, struct.unpack("3q", struct.pack("3d", *floats))
+        desc[D_PIECE] = max(OMP_CHUNK, -(-n // (8 * threads)))  # a few pieces per thread: the fast take more
+        block = np.array(desc, dtype=np.int64)
+        _omp()(loops().omp_body_address(), block.ctypes.data, threads, 0)  # returns when every piece is done
+        return
     if n <= chunk or threads <= 1:
         fn(0, n)
         return
@@ -130,6 +151,75 @@ def _in_worker(fn, inference):
     # no autograd (the path without numba runs torch ops on the caller's views).
     with torch.inference_mode(inference), torch.no_grad():
         fn()
+
+
+def _omp():
+    """GOMP_parallel of the OpenMP runtime PyTorch runs on (its workers, awake between its
+    ops, are the ones that take our pieces); None where PyTorch does not run on libgomp."""
+    global _gomp_parallel
+    if _gomp_parallel is False:
+        _gomp_parallel = None
+        if sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info():
+            try:
+                with open("/proc/self/maps") as f:
+                    path = next((line.split()[-1] for line in f if "/libgomp" in line), None)
+                if path is not None:
+                    fn = ctypes.CDLL(path).GOMP_parallel  # the copy already loaded: torch's own
+                    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+                    fn.restype = None
+                    _gomp_parallel = fn
+            except (OSError, AttributeError):
+                pass
+    return _gomp_parallel
+
+
+def _no_omp_after_fork():
+    # libgomp's team does not survive fork(): a forked child's next parallel region waits
+    # forever on the parent's threads (as PyTorch's own ops do there). A child uses our
+    # thread pool instead.
+    global _gomp_parallel
+    _gomp_parallel = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_no_omp_after_fork)
+
+
+def _addr(t: torch.Tensor) -> int:
+    """The address of t's first element."""
+    if type(t) is torch.Tensor or type(t) is torch.nn.Parameter:
+        return t.data_ptr()
+    # A subclass, as a functional collective's AsyncCollectiveTensor (its data_ptr() is 0):
+    # its memory as numpy sees it, through its own dispatch.
+    return _numpy(t).ctypes.data
+
+
+def _desc(kind: int, xv: np.ndarray, yv: np.ndarray, x_addr: int, y_addr: int, key=(0, 0), offset=0, threshold=0,
+          affine=False) -> list:
+    """A job (``_job``) over numpy views xv, yv (4-D; 1-D for dropout_add and keep bits) of
+    the memory at x_addr, y_addr (8 us through numpy's __array_interface__, 1.5 this way)."""
+    desc = _TEMPLATE.copy()
+    desc[D_KIND], desc[D_DTYPE], desc[D_X], desc[D_Y] = kind, _CODES.get(xv.dtype, 0), x_addr, y_addr
+    desc[D_K0], desc[D_K1] = key
+    offset = int(offset)
+    desc[D_OFFSET] = offset - (1 << 64) if offset >> 63 else offset  # its bits as an int64
+    desc[D_T], desc[D_AFFINE] = int(threshold), int(affine)
+    desc[D_CONTIG] = int(xv.flags.c_contiguous and yv.flags.c_contiguous)
+    if xv.ndim == 4:
+        desc[D_SHAPE:D_SHAPE + 4], desc[D_XS:D_XS + 4], desc[D_YS:D_YS + 4] = xv.shape, xv.strides, yv.strides
+    return desc
+
+
+def _noise_desc(xv, yv, x_addr, y_addr, bits_addr, bits_size, ns, affine) -> list:
+    desc = _desc(KIND_NOISE, xv, yv, x_addr, y_addr, affine=affine)
+    desc[D_AUX], desc[D_AUXN], desc[D_NS:D_NS + 4] = bits_addr, bits_size, ns
+    return desc
+
+
+def _add_desc(xv, yv, x_addr, y_addr, res_addr, bias_addr, bias_size, has_bias, key, offset, threshold) -> list:
+    desc = _desc(KIND_ADD, xv, yv, x_addr, y_addr, key, offset, threshold)
+    desc[D_AUX], desc[D_BIAS], desc[D_AUXN], desc[D_HAS_BIAS] = res_addr, bias_addr, bias_size, int(has_bias)
+    return desc
 
 
 def huge_pages(y: torch.Tensor):
@@ -227,14 +317,17 @@ def apply(x: torch.Tensor, y: torch.Tensor, seed: int, offset: int, threshold: i
     if noise_shape is None and x.is_contiguous() and y.is_contiguous():  # the common case, fast
         xv, yv = _numpy(x).reshape(1, 1, 1, n), _numpy(y).reshape(1, 1, 1, n)
         o = np.uint64(offset)
-        run(lambda lo, hi: jit.dropout_rows(xv, yv, k0, k1, o, t, scale, add, drop, is_affine, lo, hi), n)
+        run(lambda lo, hi: jit.dropout_rows(xv, yv, k0, k1, o, t, scale, add, drop, is_affine, lo, hi), n,
+            job=lambda: (_desc(KIND_ROWS, xv, yv, _addr(x), _addr(y), (k0, k1), o, t, is_affine), (scale, add, drop)))
         return y
+    item = x.element_size()
     if noise_shape is None:
         for sizes, (xs, ys), (x0, y0), base in _pieces(x.shape, x.stride(), y.stride()):
             xv, yv = _numpy(x, sizes, xs, x0), _numpy(y, sizes, ys, y0)
             o = np.uint64(offset + base)
             run(lambda lo, hi: jit.dropout_rows(xv, yv, k0, k1, o, t, scale, add, drop, is_affine, lo, hi),
-                xv.size)
+                xv.size, job=lambda: (_desc(KIND_ROWS, xv, yv, _addr(x) + x0 * item, _addr(y) + y0 * item, (k0, k1),
+                                            o, t, is_affine), (scale, add, drop)))
         return y
     bits = torch.empty(math.prod(noise_shape), dtype=torch.bool)  # one byte per noise element
     keep_mask(bits, seed, offset, threshold)
@@ -243,11 +336,12 @@ def apply(x: torch.Tensor, y: torch.Tensor, seed: int, offset: int, threshold: i
         # The bit changes only along leading dims (channel dropout, drop path, (1, C, 1)):
         # one bit per row of (prod(leading dims), rest), broadcast to the rows if needed.
         # The general walk below costs ~20-80 us of Python per call here.
-        row_bits = bits.view(noise_shape[:lead]).expand(x.shape[:lead]).reshape(-1).numpy()
-        rows = row_bits.size
+        bits = bits.view(noise_shape[:lead]).expand(x.shape[:lead]).reshape(-1)
+        row_bits, rows = bits.numpy(), bits.numel()
         xv, yv = _numpy(x).reshape(rows, 1, 1, n // rows), _numpy(y).reshape(rows, 1, 1, n // rows)
         run(lambda lo, hi: jit.noise_rows(xv, yv, row_bits, _ROW_STRIDES, scale, add, drop, is_affine, lo, hi), n,
-            BITS_CHUNK)
+            BITS_CHUNK, job=lambda: (_noise_desc(xv, yv, _addr(x), _addr(y), bits.data_ptr(), rows, _ROW_STRIDES,
+                                                 is_affine), (scale, add, drop)))
         return y
     bits_np = bits.numpy()
     noise_strides = [0 if s == 1 else st for s, st in zip(noise_shape, contract.row_major(noise_shape))]
@@ -255,7 +349,8 @@ def apply(x: torch.Tensor, y: torch.Tensor, seed: int, offset: int, threshold: i
         xv, yv, nv = _numpy(x, sizes, xs, x0), _numpy(y, sizes, ys, y0), np.array(ns, dtype=np.int64)
         bv = bits_np[n0:]
         run(lambda lo, hi: jit.noise_rows(xv, yv, bv, nv, scale, add, drop, is_affine, lo, hi), xv.size,
-            BITS_CHUNK)
+            BITS_CHUNK, job=lambda: (_noise_desc(xv, yv, _addr(x) + x0 * item, _addr(y) + y0 * item,
+                                                 bits.data_ptr() + n0, bv.size, ns, is_affine), (scale, add, drop)))
     return y
 
 
@@ -269,13 +364,12 @@ def keep_mask(out: torch.Tensor, seed: int, offset: int, threshold: int) -> torc
     if jit is None:
         def fill(lo, hi):
             flat[lo:hi] = contract.keep_bits(seed, offset + lo, hi - lo, threshold)
+        run(fill, flat.size)
     else:
         k0, k1 = _key(seed)
         o, t = np.uint64(offset), np.int64(threshold)
-
-        def fill(lo, hi):
-            jit.keep_into(k0, k1, o, t, flat, lo, hi)
-    run(fill, flat.size)
+        run(lambda lo, hi: jit.keep_into(k0, k1, o, t, flat, lo, hi), flat.size,
+            job=lambda: (_desc(KIND_KEEP, flat, flat, 0, _addr(out), (k0, k1), o, t), (0.0, 0.0, 0.0)))
     return out
 
 
@@ -296,7 +390,9 @@ def dropout_add(x, bias, residual, y, seed: int, offset: int, threshold: int, sc
     bv = xv[:1] if bias is None else _numpy(bias)
     k0, k1 = _key(seed)
     o, t, has_bias = np.uint64(offset), np.int64(threshold), bias is not None
-    run(lambda lo, hi: jit.dropout_add(xv, bv, has_bias, rv, yv, k0, k1, o, t, scale, lo, hi), n)
+    run(lambda lo, hi: jit.dropout_add(xv, bv, has_bias, rv, yv, k0, k1, o, t, scale, lo, hi), n,
+        job=lambda: (_add_desc(xv, yv, _addr(x), _addr(y), _addr(residual), _addr(bias) if has_bias else 0, bv.size,
+                               has_bias, (k0, k1), o, t), (scale, 0.0, 0.0)))
     return y
 
 

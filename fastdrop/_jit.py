@@ -24,6 +24,9 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from . import contract
+from ._job import (D_AFFINE, D_AUX, D_AUXN, D_BIAS, D_CONTIG, D_DTYPE, D_FLOATS, D_HAS_BIAS, D_K0, D_K1, D_KIND, D_N,
+                   D_NEXT, D_NS, D_OFFSET, D_PIECE, D_SHAPE, D_T, D_X, D_XS, D_Y, D_YS, DESC, KIND_ADD, KIND_KEEP,
+                   KIND_ROWS)
 
 _M0, _M1 = np.uint64(contract.PHILOX_M0), np.uint64(contract.PHILOX_M1)
 _W0, _W1 = np.uint32(contract.PHILOX_W0), np.uint32(contract.PHILOX_W1)
@@ -316,3 +319,121 @@ def dropout_add(x, bias, has_bias, res, y, k0, k1, offset, t, scale, lo, hi):
             _add_run(x[a:b], bias[col:col + run] if has_bias else x[a:b], has_bias, res[a:b], y[a:b],
                      buf[skip + j:skip + j + run], t, s)
             j += run
+
+
+# ---- a job on PyTorch's OpenMP threads ---------------------------------------------------
+# PyTorch's OpenMP workers spin for milliseconds after each of its ops, so a thread of our
+# own competes with them for the cores (2-core VM: 2^20 dropout right after a torch op,
+# 1.8-2.1 ms on two threads of ours, 0.74-0.77 ms on torch's two). ``omp_body`` is the
+# function each thread of an OpenMP team runs (GOMP_parallel's fn, called with the job's
+# address); the threads take pieces from one counter until none is left.
+
+@intrinsic
+def _fetch_add(typingctx, arr, i, v):
+    # arr[i] += v atomically; the old value
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", builder.gep(ary.data, [args[1]]), args[2], "monotonic")
+    return types.int64(arr, i, types.int64), codegen
+
+
+def _element(dtype):
+    return dtype.dtype if isinstance(dtype, types.DType) else dtype.instance_type
+
+
+@intrinsic
+def _ptr(typingctx, addr, dtype):
+    # addr (an int64) as a pointer to dtype
+    nb = _element(dtype)
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], context.get_data_type(nb).as_pointer())
+    return types.CPointer(nb)(addr, dtype), codegen
+
+
+@intrinsic
+def _strided(typingctx, addr, shape, strides, dtype):
+    # An array over the memory at addr, of this shape and these byte strides
+    from numba.core import cgutils
+    from numba.np.arrayobj import populate_array
+    nb = _element(dtype)
+    aryty = types.Array(nb, len(shape), "A")
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(aryty)(context, builder)
+        item = context.get_data_type(nb)
+        populate_array(ary, data=builder.inttoptr(args[0], item.as_pointer()),
+                       shape=cgutils.unpack_tuple(builder, args[1]), strides=cgutils.unpack_tuple(builder, args[2]),
+                       itemsize=context.get_constant(types.intp, context.get_abi_sizeof(item)), meminfo=None)
+        return ary._getvalue()
+    return aryty(addr, shape, strides, dtype), codegen
+
+
+@_jit
+def _four(desc, at):
+    return desc[at], desc[at + 1], desc[at + 2], desc[at + 3]
+
+
+@_jit
+def _piece_as(desc, fdesc, lo, hi, dtype):
+    # Elements [lo, hi) of the job in desc, whose arrays hold dtype.
+    kind, n = desc[D_KIND], desc[D_N]
+    k0, k1, offset, t = desc[D_K0], desc[D_K1], np.uint64(desc[D_OFFSET]), desc[D_T]
+    scale, add, drop, affine = fdesc[0], fdesc[1], fdesc[2], desc[D_AFFINE] != 0
+    if kind == KIND_KEEP:
+        keep_into(k0, k1, offset, t, numba.carray(_ptr(desc[D_Y], np.bool_), (n,)), lo, hi)
+    elif kind == KIND_ADD:
+        x, res = numba.carray(_ptr(desc[D_X], dtype), (n,)), numba.carray(_ptr(desc[D_AUX], dtype), (n,))
+        y = numba.carray(_ptr(desc[D_Y], dtype), (n,))
+        has_bias = desc[D_HAS_BIAS] != 0
+        bias = numba.carray(_ptr(desc[D_BIAS], dtype), (desc[D_AUXN],)) if has_bias else x
+        dropout_add(x, bias, has_bias, res, y, k0, k1, offset, t, scale, lo, hi)
+    elif desc[D_CONTIG] != 0:
+        shape = _four(desc, D_SHAPE)
+        x, y = numba.carray(_ptr(desc[D_X], dtype), shape), numba.carray(_ptr(desc[D_Y], dtype), shape)
+        if kind == KIND_ROWS:
+            dropout_rows(x, y, k0, k1, offset, t, scale, add, drop, affine, lo, hi)
+        else:
+            bits = numba.carray(_ptr(desc[D_AUX], np.bool_), (desc[D_AUXN],))
+            noise_rows(x, y, bits, np.array(_four(desc, D_NS)), scale, add, drop, affine, lo, hi)
+    else:
+        shape = _four(desc, D_SHAPE)
+        x = _strided(desc[D_X], shape, _four(desc, D_XS), dtype)
+        y = _strided(desc[D_Y], shape, _four(desc, D_YS), dtype)
+        if kind == KIND_ROWS:
+            dropout_rows(x, y, k0, k1, offset, t, scale, add, drop, affine, lo, hi)
+        else:
+            bits = numba.carray(_ptr(desc[D_AUX], np.bool_), (desc[D_AUXN],))
+            noise_rows(x, y, bits, np.array(_four(desc, D_NS)), scale, add, drop, affine, lo, hi)
+
+
+@_jit
+def omp_body(job):
+    """Take pieces of the job at address ``job`` (an int64 array, ``_job``) until none is
+    left: every thread of the team runs this, each piece is taken once."""
+    desc = numba.carray(_ptr(job, np.int64), (DESC,))
+    fdesc = numba.carray(_ptr(job + 8 * D_FLOATS, np.float64), (3,))
+    n, piece, dt = desc[D_N], desc[D_PIECE], desc[D_DTYPE]
+    lo = _fetch_add(desc, D_NEXT, 1) * piece
+    while lo < n:
+        hi = min(lo + piece, n)
+        if dt == 0:
+            _piece_as(desc, fdesc, lo, hi, np.float32)
+        elif dt == 1:
+            _piece_as(desc, fdesc, lo, hi, np.float64)
+        elif dt == 2:
+            _piece_as(desc, fdesc, lo, hi, np.uint16)
+        else:
+            _piece_as(desc, fdesc, lo, hi, np.int16)
+        lo = _fetch_add(desc, D_NEXT, 1) * piece
+
+
+_omp_cfunc = None
+
+
+def omp_body_address() -> int:
+    """The address of ``omp_body`` as a C function ``void (void *job)`` (numba's cfunc)."""
+    global _omp_cfunc
+    if _omp_cfunc is None:
+        _omp_cfunc = numba.cfunc(types.void(types.int64), nopython=True, nogil=True, cache=True)(omp_body.py_func)
+    return _omp_cfunc.address

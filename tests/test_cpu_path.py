@@ -1,7 +1,9 @@
 """The CPU path's compiled pass: same bits as the torch-ops form for every dtype, layout and
-variant; threads that follow torch.get_num_threads(); no writer left after an interrupt;
+variant, on one thread or on PyTorch's OpenMP threads; threads that follow
+torch.get_num_threads(); no writer left after an interrupt;
 no temporaries beyond the output."""
 
+import os
 import subprocess
 import sys
 import threading
@@ -73,6 +75,84 @@ def test_compiled_dropout_add_equals_torch_ops(dtype, with_bias, shape):
     t, scale = contract.keep_threshold(0.4), 1 / 0.6
     got = _cpu.dropout_add(x, b, r, torch.empty_like(x), 77, 5, t, scale)
     assert_bitwise_equal(got, _cpu._dropout_add_torch(x, b, r, torch.empty_like(x), 77, 5, t, scale))
+
+
+needs_omp = pytest.mark.skipif(_cpu._omp() is None, reason="PyTorch here does not run on libgomp")
+
+
+@pytest.fixture
+def omp_calls(monkeypatch):
+    # Jobs of 2^12-element pieces on PyTorch's OpenMP threads; counts the parallel regions.
+    monkeypatch.setattr(_cpu, "OMP_CHUNK", 1 << 12)
+    real, calls = _cpu._omp(), []
+
+    def counted(*args):
+        calls.append(args[2])  # the thread count
+        return real(*args)
+
+    monkeypatch.setattr(_cpu, "_gomp_parallel", counted)
+    before = torch.get_num_threads()
+    yield calls
+    torch.set_num_threads(before)
+
+
+@needs_omp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
+@pytest.mark.parametrize("noise", ["per_element", "channel", "mixed", "inner"])
+def test_openmp_threads_give_the_bits_of_one_thread(dtype, layout, noise, omp_calls):
+    base = nonzero_randn((8, 8, 32, 33), dtype)
+    x = {"contiguous": base, "transposed": base.permute(3, 2, 1, 0), "sliced": base[:, ::2, :, 1:]}[layout]
+    noise_shape = NOISE[noise] and tuple(s if k != 1 else 1 for s, k in zip(x.shape, NOISE[noise]))
+    t, scale = contract.keep_threshold(0.3), 1 / 0.7
+    torch.set_num_threads(1)
+    want = _cpu.apply(x, torch.empty_like(x), 11, 3, t, scale, noise_shape=noise_shape)
+    assert not omp_calls
+    for threads in (2, 3):
+        torch.set_num_threads(threads)
+        for aff in (None, (0.25, -1.5)):
+            got = _cpu.apply(x, torch.empty_like(x), 11, 3, t, scale, noise_shape=noise_shape, affine=aff)
+            assert_bitwise_equal(got, torch_ops_result(x, got.stride(), 11, 3, t, scale, noise_shape, aff))
+        assert_bitwise_equal(_cpu.apply(x, torch.empty_like(x), 11, 3, t, scale, noise_shape=noise_shape), want)
+    assert omp_calls and set(omp_calls) == {2, 3}
+
+
+@needs_omp
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_openmp_threads_keep_bits_and_dropout_add(dtype, omp_calls):
+    x, r, b = (nonzero_randn(s, dtype, torch.Generator().manual_seed(i)) for i, s in
+               enumerate([(40, 1000), (40, 1000), (1000,)]))
+    t, scale, end = contract.keep_threshold(0.4), 1 / 0.6, 2**64 - 40000 - 3  # up to the stream's end
+    torch.set_num_threads(2)
+    bits = _cpu.keep_mask(torch.empty(40000, dtype=torch.bool), 5, end, t)
+    assert len(omp_calls) == 1
+    assert torch.equal(bits, torch.from_numpy(contract.keep_bits(5, end, 40000, t)))
+    for bias in (b, None):
+        calls = len(omp_calls)
+        got = _cpu.dropout_add(x, bias, r, torch.empty_like(x), 5, 9, t, scale)
+        assert len(omp_calls) == calls + 1
+        assert_bitwise_equal(got, _cpu._dropout_add_torch(x, bias, r, torch.empty_like(x), 5, 9, t, scale))
+
+FORKED = """
+import os, signal, sys, numpy as np, torch, fastdrop
+torch.set_num_threads(2)
+x = torch.randn(1 << 20)
+want = fastdrop.dropout(x, 0.5, seed=7).numpy()  # on the OpenMP threads: libgomp's team is up
+pid = os.fork()
+if pid == 0:  # libgomp hangs in a forked child (PyTorch's own ops too): fastdrop uses its pool
+    signal.alarm(30)  # a hang ends the child
+    ok = all(np.array_equal(fastdrop.dropout(x, 0.5, seed=7).numpy(), want) for _ in range(3))
+    os._exit(0 if ok else 1)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@needs_omp
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_runs_without_openmp():
+    subprocess.run([sys.executable, "-c", FORKED], check=True, timeout=90)
+
 
 
 def test_threads_follow_torch_get_num_threads():
