@@ -4,7 +4,8 @@ The loops (``fastdrop._jit``; built ahead of time by ``fastdrop._aot`` where tha
 else compiled by numba at first use) read x, write y and keep Philox's words in a block that
 stays in L1: no temporaries per element, for any strides (x and y are walked in logical
 order where they lie in memory). Calls are split by index ranges over
-``torch.get_num_threads()`` threads, read at each call; small calls run inline. Without
+``torch.get_num_threads()`` threads, read at each call: PyTorch's own OpenMP threads where
+it runs on libgomp (``run``), else a pool of ours; small calls run inline. Without
 numba the same bits come from ``contract.keep_bits`` (numpy) and the values from torch ops
 (``_transform``).
 """
