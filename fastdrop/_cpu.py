@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from . import contract
-from ._job import (D_AFFINE, D_AUX, D_AUXN, D_BIAS, D_CONTIG, D_DTYPE, D_FLOATS, D_HAS_BIAS, D_K0, D_K1, D_KIND, D_N,
-                   D_NS, D_OFFSET, D_PIECE, D_SHAPE, D_T, D_X, D_XS, D_Y, D_YS, DESC, DTYPE_CODES, KIND_ADD, KIND_KEEP,
-                   KIND_NOISE, KIND_ROWS)
+from ._job import (D_AFFINE, D_AUX, D_AUXN, D_BIAS, D_CONTIG, D_DTYPE, D_FLOATS, D_HAS_BIAS, D_K0, D_K1,
+                   D_KIND, D_N, D_NS, D_OFFSET, D_PIECE, D_SHAPE, D_T, D_X, D_XS, D_Y, D_YS, DESC,
+                   DTYPE_CODES, KIND_ADD, KIND_KEEP, KIND_NOISE, KIND_ROWS)
 
 # The smallest piece a thread takes; a call this size or smaller runs inline. Handing a piece
 # to a pool thread and back costs about 0.1 ms on a 2-core VM (submit + result of a no-op:
@@ -43,7 +43,7 @@ BITS_CHUNK = 1 << 21  # loops over keep bits computed before (noise_shape forms)
 OMP_CHUNK = 1 << 15
 HALF_TYPES = (torch.float16, torch.bfloat16)
 _gomp_parallel = False  # GOMP_parallel once looked up; None where there is none (or after a fork)
-_CODES = {np.dtype(name): code for name, code in DTYPE_CODES.items()}  # a loop's storage dtype -> the job's code
+_CODES = {np.dtype(name): code for name, code in DTYPE_CODES.items()}  # a loop's storage dtype -> its code
 _TEMPLATE = [0] * DESC
 _ROW_STRIDES = np.array([1, 0, 0, 0], dtype=np.int64)  # noise_rows: one keep bit per row
 _pools: dict = {}  # (pid, workers) -> ThreadPoolExecutor
@@ -195,8 +195,8 @@ def _addr(t: torch.Tensor) -> int:
     return _numpy(t).ctypes.data
 
 
-def _desc(kind: int, xv: np.ndarray, yv: np.ndarray, x_addr: int, y_addr: int, key=(0, 0), offset=0, threshold=0,
-          affine=False) -> list:
+def _desc(kind: int, xv: np.ndarray, yv: np.ndarray, x_addr: int, y_addr: int, key=(0, 0), offset=0,
+          threshold=0, affine=False) -> list:
     """A job (``_job``) over numpy views xv, yv (4-D; 1-D for dropout_add and keep bits) of
     the memory at x_addr, y_addr (8 us through numpy's __array_interface__, 1.5 this way)."""
     desc = _TEMPLATE.copy()
@@ -217,7 +217,8 @@ def _noise_desc(xv, yv, x_addr, y_addr, bits_addr, bits_size, ns, affine) -> lis
     return desc
 
 
-def _add_desc(xv, yv, x_addr, y_addr, res_addr, bias_addr, bias_size, has_bias, key, offset, threshold) -> list:
+def _add_desc(xv, yv, x_addr, y_addr, res_addr, bias_addr, bias_size, has_bias, key, offset,
+              threshold) -> list:
     desc = _desc(KIND_ADD, xv, yv, x_addr, y_addr, key, offset, threshold)
     desc[D_AUX], desc[D_BIAS], desc[D_AUXN], desc[D_HAS_BIAS] = res_addr, bias_addr, bias_size, int(has_bias)
     return desc
@@ -319,7 +320,8 @@ def apply(x: torch.Tensor, y: torch.Tensor, seed: int, offset: int, threshold: i
         xv, yv = _numpy(x).reshape(1, 1, 1, n), _numpy(y).reshape(1, 1, 1, n)
         o = np.uint64(offset)
         run(lambda lo, hi: jit.dropout_rows(xv, yv, k0, k1, o, t, scale, add, drop, is_affine, lo, hi), n,
-            job=lambda: (_desc(KIND_ROWS, xv, yv, _addr(x), _addr(y), (k0, k1), o, t, is_affine), (scale, add, drop)))
+            job=lambda: (_desc(KIND_ROWS, xv, yv, _addr(x), _addr(y), (k0, k1), o, t, is_affine),
+                         (scale, add, drop)))
         return y
     item = x.element_size()
     if noise_shape is None:
@@ -327,8 +329,8 @@ def apply(x: torch.Tensor, y: torch.Tensor, seed: int, offset: int, threshold: i
             xv, yv = _numpy(x, sizes, xs, x0), _numpy(y, sizes, ys, y0)
             o = np.uint64(offset + base)
             run(lambda lo, hi: jit.dropout_rows(xv, yv, k0, k1, o, t, scale, add, drop, is_affine, lo, hi),
-                xv.size, job=lambda: (_desc(KIND_ROWS, xv, yv, _addr(x) + x0 * item, _addr(y) + y0 * item, (k0, k1),
-                                            o, t, is_affine), (scale, add, drop)))
+                xv.size, job=lambda: (_desc(KIND_ROWS, xv, yv, _addr(x) + x0 * item, _addr(y) + y0 * item,
+                                            (k0, k1), o, t, is_affine), (scale, add, drop)))
         return y
     bits = torch.empty(math.prod(noise_shape), dtype=torch.bool)  # one byte per noise element
     keep_mask(bits, seed, offset, threshold)
@@ -341,8 +343,8 @@ def apply(x: torch.Tensor, y: torch.Tensor, seed: int, offset: int, threshold: i
         row_bits, rows = bits.numpy(), bits.numel()
         xv, yv = _numpy(x).reshape(rows, 1, 1, n // rows), _numpy(y).reshape(rows, 1, 1, n // rows)
         run(lambda lo, hi: jit.noise_rows(xv, yv, row_bits, _ROW_STRIDES, scale, add, drop, is_affine, lo, hi), n,
-            BITS_CHUNK, job=lambda: (_noise_desc(xv, yv, _addr(x), _addr(y), bits.data_ptr(), rows, _ROW_STRIDES,
-                                                 is_affine), (scale, add, drop)))
+            BITS_CHUNK, job=lambda: (_noise_desc(xv, yv, _addr(x), _addr(y), bits.data_ptr(), rows,
+                                                 _ROW_STRIDES, is_affine), (scale, add, drop)))
         return y
     bits_np = bits.numpy()
     noise_strides = [0 if s == 1 else st for s, st in zip(noise_shape, contract.row_major(noise_shape))]
@@ -351,7 +353,8 @@ def apply(x: torch.Tensor, y: torch.Tensor, seed: int, offset: int, threshold: i
         bv = bits_np[n0:]
         run(lambda lo, hi: jit.noise_rows(xv, yv, bv, nv, scale, add, drop, is_affine, lo, hi), xv.size,
             BITS_CHUNK, job=lambda: (_noise_desc(xv, yv, _addr(x) + x0 * item, _addr(y) + y0 * item,
-                                                 bits.data_ptr() + n0, bv.size, ns, is_affine), (scale, add, drop)))
+                                                 bits.data_ptr() + n0, bv.size, ns, is_affine),
+                                     (scale, add, drop)))
     return y
 
 
@@ -392,8 +395,8 @@ def dropout_add(x, bias, residual, y, seed: int, offset: int, threshold: int, sc
     k0, k1 = _key(seed)
     o, t, has_bias = np.uint64(offset), np.int64(threshold), bias is not None
     run(lambda lo, hi: jit.dropout_add(xv, bv, has_bias, rv, yv, k0, k1, o, t, scale, lo, hi), n,
-        job=lambda: (_add_desc(xv, yv, _addr(x), _addr(y), _addr(residual), _addr(bias) if has_bias else 0, bv.size,
-                               has_bias, (k0, k1), o, t), (scale, 0.0, 0.0)))
+        job=lambda: (_add_desc(xv, yv, _addr(x), _addr(y), _addr(residual), _addr(bias) if has_bias else 0,
+                               bv.size, has_bias, (k0, k1), o, t), (scale, 0.0, 0.0)))
     return y
 
 

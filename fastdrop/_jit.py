@@ -24,9 +24,9 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from . import contract
-from ._job import (D_AFFINE, D_AUX, D_AUXN, D_BIAS, D_CONTIG, D_DTYPE, D_FLOATS, D_HAS_BIAS, D_K0, D_K1, D_KIND, D_N,
-                   D_NEXT, D_NS, D_OFFSET, D_PIECE, D_SHAPE, D_T, D_X, D_XS, D_Y, D_YS, DESC, KIND_ADD, KIND_KEEP,
-                   KIND_ROWS)
+from ._job import (D_AFFINE, D_AUX, D_AUXN, D_BIAS, D_CONTIG, D_DTYPE, D_FLOATS, D_HAS_BIAS, D_K0, D_K1,
+                   D_KIND, D_N, D_NEXT, D_NS, D_OFFSET, D_PIECE, D_SHAPE, D_T, D_X, D_XS, D_Y, D_YS, DESC,
+                   KIND_ADD, KIND_KEEP, KIND_ROWS)
 
 _M0, _M1 = np.uint64(contract.PHILOX_M0), np.uint64(contract.PHILOX_M1)
 _W0, _W1 = np.uint32(contract.PHILOX_W0), np.uint32(contract.PHILOX_W1)
@@ -363,7 +363,8 @@ def _strided(typingctx, addr, shape, strides, dtype):
         ary = context.make_array(aryty)(context, builder)
         item = context.get_data_type(nb)
         populate_array(ary, data=builder.inttoptr(args[0], item.as_pointer()),
-                       shape=cgutils.unpack_tuple(builder, args[1]), strides=cgutils.unpack_tuple(builder, args[2]),
+                       shape=cgutils.unpack_tuple(builder, args[1]),
+                       strides=cgutils.unpack_tuple(builder, args[2]),
                        itemsize=context.get_constant(types.intp, context.get_abi_sizeof(item)), meminfo=None)
         return ary._getvalue()
     return aryty(addr, shape, strides, dtype), codegen
@@ -435,5 +436,6 @@ def omp_body_address() -> int:
     """The address of ``omp_body`` as a C function ``void (void *job)`` (numba's cfunc)."""
     global _omp_cfunc
     if _omp_cfunc is None:
-        _omp_cfunc = numba.cfunc(types.void(types.int64), nopython=True, nogil=True, cache=True)(omp_body.py_func)
+        as_cfunc = numba.cfunc(types.void(types.int64), nopython=True, nogil=True, cache=True)
+        _omp_cfunc = as_cfunc(omp_body.py_func)
     return _omp_cfunc.address
