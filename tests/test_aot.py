@@ -124,3 +124,26 @@ def test_first_cpu_call_imports_no_numba():
             "print('numba' in sys.modules, type(fastdrop._cpu._jit).__name__)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["False", "Loops"], out.stdout
+
+
+@pytest.mark.skipif(_cpu._omp() is None, reason="PyTorch here does not run on libgomp")
+@pytest.mark.parametrize("noise", [None, (4, 1, 32, 1)])
+def test_openmp_jobs_equal_the_jits(noise, monkeypatch):
+    # omp_body through the module's exported C symbol and through numba's cfunc: same bits.
+    import torch
+
+    monkeypatch.setattr(_cpu, "OMP_CHUNK", 1 << 10)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(8, 4, 32, 33).transpose(0, 1)[:, ::2].to(torch.bfloat16)  # strided, 16-bit
+        outs, addresses = [], []
+        for loops in (aot, jit):
+            monkeypatch.setattr(_cpu, "_jit", loops)
+            addresses.append(loops.omp_body_address())
+            outs.append(_cpu.apply(x, torch.empty_like(x), 5, 7, int(T_HALF), 2.0, noise_shape=noise,
+                                   affine=(0.5, -1.0)))
+    finally:
+        torch.set_num_threads(before)
+    assert addresses[0] != addresses[1]  # two different functions ran
+    assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
