@@ -198,7 +198,8 @@ def _addr(t: torch.Tensor) -> int:
 def _desc(kind: int, xv: np.ndarray, yv: np.ndarray, x_addr: int, y_addr: int, key=(0, 0), offset=0,
           threshold=0, affine=False) -> list:
     """A job (``_job``) over numpy views xv, yv (4-D; 1-D for dropout_add and keep bits) of
-    the memory at x_addr, y_addr (8 us through numpy's __array_interface__, 1.5 this way)."""
+    the memory at x_addr, y_addr (from the tensors: 1.7 us a desc; a first version that took
+    them through numpy's __array_interface__ took 8 us)."""
     desc = _TEMPLATE.copy()
     desc[D_KIND], desc[D_DTYPE], desc[D_X], desc[D_Y] = kind, _CODES.get(xv.dtype, 0), x_addr, y_addr
     desc[D_K0], desc[D_K1] = key

@@ -389,23 +389,25 @@ def _piece_as(desc, fdesc, lo, hi, dtype):
         has_bias = desc[D_HAS_BIAS] != 0
         bias = numba.carray(_ptr(desc[D_BIAS], dtype), (desc[D_AUXN],)) if has_bias else x
         dropout_add(x, bias, has_bias, res, y, k0, k1, offset, t, scale, lo, hi)
-    elif desc[D_CONTIG] != 0:
-        shape = _four(desc, D_SHAPE)
-        x, y = numba.carray(_ptr(desc[D_X], dtype), shape), numba.carray(_ptr(desc[D_Y], dtype), shape)
-        if kind == KIND_ROWS:
-            dropout_rows(x, y, k0, k1, offset, t, scale, add, drop, affine, lo, hi)
-        else:
-            bits = numba.carray(_ptr(desc[D_AUX], np.bool_), (desc[D_AUXN],))
-            noise_rows(x, y, bits, np.array(_four(desc, D_NS)), scale, add, drop, affine, lo, hi)
     else:
         shape = _four(desc, D_SHAPE)
-        x = _strided(desc[D_X], shape, _four(desc, D_XS), dtype)
-        y = _strided(desc[D_Y], shape, _four(desc, D_YS), dtype)
-        if kind == KIND_ROWS:
-            dropout_rows(x, y, k0, k1, offset, t, scale, add, drop, affine, lo, hi)
+        if desc[D_CONTIG] != 0:
+            x, y = numba.carray(_ptr(desc[D_X], dtype), shape), numba.carray(_ptr(desc[D_Y], dtype), shape)
+            _rows(desc, x, y, k0, k1, offset, t, scale, add, drop, affine, lo, hi)
         else:
-            bits = numba.carray(_ptr(desc[D_AUX], np.bool_), (desc[D_AUXN],))
-            noise_rows(x, y, bits, np.array(_four(desc, D_NS)), scale, add, drop, affine, lo, hi)
+            x = _strided(desc[D_X], shape, _four(desc, D_XS), dtype)
+            y = _strided(desc[D_Y], shape, _four(desc, D_YS), dtype)
+            _rows(desc, x, y, k0, k1, offset, t, scale, add, drop, affine, lo, hi)
+
+
+@_jit
+def _rows(desc, x, y, k0, k1, offset, t, scale, add, drop, affine, lo, hi):
+    # dropout_rows or noise_rows over 4-D x, y (C-contiguous or strided: typed apart)
+    if desc[D_KIND] == KIND_ROWS:
+        dropout_rows(x, y, k0, k1, offset, t, scale, add, drop, affine, lo, hi)
+    else:
+        bits = numba.carray(_ptr(desc[D_AUX], np.bool_), (desc[D_AUXN],))
+        noise_rows(x, y, bits, desc[D_NS:D_NS + 4], scale, add, drop, affine, lo, hi)
 
 
 @_jit
