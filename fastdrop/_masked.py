@@ -146,6 +146,17 @@ def _drawn_under(mask, batch_size):
     return randomness if size == batch_size else None
 
 
+def recording() -> bool:
+    """True where a graph is recorded or a TorchDispatchMode (make_fx, FlopCounterMode, ...)
+    watches the ops: fastdrop is then the fastdrop::dropout operator, which they see. (Eager
+    calls write through data pointers, which make_fx would not record: its graph would return
+    an unwritten tensor.)"""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or _dispatch_modes() > 0
+
+
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+
+
 def check_writable(t):
     # Before writing, as PyTorch does: a refused call leaves the tensor untouched.
     if t.is_inference() and not torch.is_inference_mode_enabled():
@@ -239,10 +250,10 @@ def masked(input, p, noise_shape, inplace, seed, offset, generator, backend, *, 
         if _sharded.is_wrapper(input) and not torch.compiler.is_compiling():
             return _sharded.wrapper_masked(input, p, noise_shape, inplace, seed, offset, generator, backend, scale,
                                            affine)
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if recording():
         if generator is not None:
-            raise ValueError("generator= is not supported under torch.compile or torch.jit.trace: seed with "
-                             "torch.manual_seed, or pass seed=")
+            raise ValueError("generator= is not supported under torch.compile, torch.jit.trace or a "
+                             "TorchDispatchMode (make_fx): seed with torch.manual_seed, or pass seed=")
         return ops.traced_dropout(input, p, inplace, seed, offset, backend, noise_shape, scale, affine)
     count = input.numel() if noise_shape is None else math.prod(noise_shape)
     if input.is_neg():  # a lazily negated view (torch._neg_view): resolve it, as PyTorch's ops do

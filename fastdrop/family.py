@@ -28,7 +28,7 @@ from torch.overrides import handle_torch_function, has_torch_function, has_torch
 
 from . import contract, ops
 from ._dispatch import P_DEFAULT, apply_dropout_add, check_input, resolve_backend, resolve_p, scale_of
-from ._masked import Mask, check_call_args, masked, run, seed_offset
+from ._masked import Mask, check_call_args, masked, recording, run, seed_offset
 
 
 def _assume_constant_result(fn):
@@ -307,8 +307,7 @@ def _dropout_add(x, bias, residual, p, training, seed, offset, generator, backen
         raise ValueError(f"{name}(): x, bias and residual must be on one device")
     if not training or p == 0.0 or x.numel() == 0:
         return residual + (x if bias is None else x + bias)
-    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
-            or _fwd._current_level >= 0):
+    if recording() or torch._C._are_functorch_transforms_active() or _fwd._current_level >= 0:
         # Graphs and transforms take the composite: the same mask (dropout's, for the same seed
         # and offset) through the one masked path, with the unfused expression's rounding.
         return residual + masked(x if bias is None else x + bias, p, None, False, seed, offset, generator, backend,

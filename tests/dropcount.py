@@ -5,7 +5,8 @@ PyTorch's are counted at the ATen level (a TorchDispatchMode), so calls nested i
 functions (nn.MultiheadAttention's) are seen too: each of its dropouts draws its noise with one
 ``bernoulli`` (CPU; also timm's drop_path and torchvision's stochastic_depth) or one fused
 dropout op (CUDA). Those drawn inside scaled_dot_product_attention are counted apart.
-fastdrop's are counted where every masked op of the family is applied (``Mask.apply``).
+fastdrop's are counted there too: under a TorchDispatchMode every call of the family is the
+``fastdrop::dropout`` operator.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fastdrop import _masked
+import fastdrop.ops  # noqa: F401 - registers fastdrop::dropout
 
 TORCH_RANDOM_OPS = {
     torch.ops.aten.bernoulli_.float, torch.ops.aten.bernoulli_.Tensor, torch.ops.aten.bernoulli.default,
@@ -36,6 +37,8 @@ class DropoutCount(TorchDispatchMode):
         if func in TORCH_RANDOM_OPS:
             if not self._sdpa:
                 self.calls["torch"] += 1
+        elif func is torch.ops.fastdrop.dropout.default:
+            self.calls["fastdrop"] += 1
         return func(*args, **(kwargs or {}))
 
     @property
@@ -49,11 +52,7 @@ class DropoutCount(TorchDispatchMode):
 def count_dropout():
     """``with count_dropout() as c: model(x)``; then ``c.calls``."""
     counter = DropoutCount()
-    apply, sdpa = _masked.Mask.apply, F.scaled_dot_product_attention
-
-    def counted_apply(mask, x, y):
-        counter.calls["fastdrop"] += 1
-        return apply(mask, x, y)
+    sdpa = F.scaled_dot_product_attention
 
     def counted_sdpa(*args, **kwargs):
         dropout_p = kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0)
@@ -66,6 +65,5 @@ def count_dropout():
             counter._sdpa -= 1
 
     with pytest.MonkeyPatch.context() as mp, counter:
-        mp.setattr(_masked.Mask, "apply", counted_apply)
         mp.setattr(F, "scaled_dot_product_attention", counted_sdpa)
         yield counter

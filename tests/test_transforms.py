@@ -501,3 +501,17 @@ def test_dropout_add_compiles_without_graph_breaks():
     torch.testing.assert_close(y, fastdrop.dropout(x, 0.3, seed=9) + r)
     y.sum().backward()
     assert torch.equal(x.grad, fastdrop.dropout_mask(x.shape, 0.3, seed=9) / 0.7)
+
+
+@pytest.mark.parametrize("call", [lambda v: fastdrop.dropout(v, 0.5, seed=1),
+                                  lambda v: fastdrop.dropout2d(v, 0.5, seed=1),
+                                  lambda v: fastdrop.dropout_add(v, v * 2, 0.5, seed=1)])
+def test_make_fx_records_the_operator(call):
+    # Under a TorchDispatchMode the call is the operator the mode sees: make_fx once recorded
+    # an eager call as a bare empty_like, whose graph returned unwritten memory.
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x = torch.randn(2, 3, 4, 5)
+    gm = make_fx(call)(x)
+    assert "fastdrop.dropout" in gm.code
+    assert torch.equal(gm(x), call(x))
