@@ -1,6 +1,6 @@
 """The CPU loops compiled ahead of time: the first CPU call without numba's 0.5 s start.
 
-    python -m fastdrop._aot      # build for this machine (make's set-up runs it)
+    python -m fastdrop._aot      # build for this machine (make's set-up runs it), and fastdrop._op
 
 The loops of ``fastdrop._jit``, unchanged, go through ``numba.pycc`` into an extension module
 next to this file, one per x86-64 level (``x86-64-v3``: AVX2, ``-v4``: AVX-512), loaded only
@@ -207,12 +207,24 @@ class Loops:
         return fn(x, bias, has_bias, res, y, *args)
 
 
-if __name__ == "__main__":
+def main():
     start = time.perf_counter()
     try:
         path = build()
+        print(f"fastdrop: built {path.name} ({len(_exports())} entry points) in {time.perf_counter() - start:.0f} s")
     except Exception as e:  # noqa: BLE001 - a set-up step: numba's JIT serves without the module
         print(f"fastdrop: the CPU loops were not built ahead of time ({type(e).__name__}: {e}); numba's "
               f"JIT loops serve instead, with a 0.5 s first call per process", file=sys.stderr)
-        sys.exit(0)
-    print(f"fastdrop: built {path.name} ({len(_exports())} entry points) in {time.perf_counter() - start:.0f} s")
+    from . import _op
+
+    start = time.perf_counter()
+    try:
+        path = _op.build()
+        print(f"fastdrop: built {path.name} (the C++ autograd node) in {time.perf_counter() - start:.0f} s")
+    except Exception as e:  # noqa: BLE001 - a set-up step: the Python autograd.Function serves without it
+        print(f"fastdrop: the C++ operator was not built ({type(e).__name__}: {e}); the Python autograd "
+              f"Function serves instead", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as _fwd
 
-from . import _rng, _sharded, contract, ops
+from . import _op, _rng, _sharded, contract, ops
 from ._dispatch import BACKENDS, apply_mask, check_input, resolve_backend
 
 INFERENCE_INPLACE = ("Inplace update to inference tensor outside InferenceMode is not allowed.You can make a "
@@ -117,10 +117,30 @@ _wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 
 def run(x, mask, inplace):
-    """MaskedDropout.apply(x, mask, inplace), without its per-call signature binding."""
+    """MaskedDropout.apply(x, mask, inplace), without its per-call signature binding; through
+    the C++ operator where it applies (``native``)."""
     if _transforms_active() or _wrapped(x):
         return MaskedDropout.apply(x, mask, inplace)
+    if _fwd._current_level < 0:  # the operator has no jvp
+        y = native(x, mask, inplace)
+        if y is not None:
+            return y
     return _base_apply(x, mask, inplace)
+
+
+def native(x, mask, inplace):
+    """The masked op through the C++ operator (``_op``; its node runs the backward without
+    Python), for a contiguous CPU tensor written out of place; None where it does not apply
+    or is not built. Same bits as ``Mask.apply``."""
+    if (inplace or mask.backend != "cpu" or mask.rows is not None or not x.is_contiguous()
+            or (type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter)):
+        return None
+    op = _op.op()
+    if op is None:
+        return None
+    add, drop = (0.0, 0.0) if mask.affine is None else mask.affine
+    return op(x, contract.signed64(mask.seed), contract.signed64(mask.offset), contract.keep_threshold(mask.p),
+              mask.scale, add, drop, mask.affine is not None, mask.noise_shape)
 
 
 def _vmap_levels():
@@ -275,6 +295,9 @@ def run_mask(input, mask, inplace):
     """The masked op: through the Function when autograd or torch.func needs to see it."""
     if _transforms_active() or (torch.is_grad_enabled() and input.requires_grad) or _fwd._current_level >= 0:
         return run(input, mask, inplace)
+    y = native(input, mask, inplace)
+    if y is not None:
+        return y
     y = mask.apply(input, input if inplace else torch.empty_like(input))
     if inplace and not input.is_inference():  # written outside autograd: tell it, as in-place ops do
         torch.autograd.graph.increment_version(input)

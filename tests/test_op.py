@@ -1,0 +1,178 @@
+"""The C++ operator and autograd node (``fastdrop._op``) that plain CPU dropout takes when
+autograd records it: built by the set-up, the same bits and gradients as the Python
+Function for every dtype, inline and on OpenMP threads, differentiable again, used only
+where it applies, and no hang in a forked child."""
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastdrop
+from fastdrop import _op, contract
+from reference import FLOAT_DTYPES, assert_bitwise_equal, nonzero_randn, reference_dropout
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_op = pytest.mark.skipif(_op.op() is None, reason="the C++ operator is not built for this torch "
+                                                        "(python -m fastdrop._aot)")
+
+
+def test_the_setup_built_it():
+    # make's set-up (.venv/.aot) builds the operator: a failed build must not pass silently.
+    stamp = ROOT / ".venv" / ".aot"
+    if not stamp.exists() or Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        pytest.skip("not the set-up's environment")
+    assert _op.library_path().exists() and _op.op() is not None
+
+
+def node_name(y):
+    return type(y.grad_fn).__name__
+
+
+@pytest.fixture
+def python_function(monkeypatch):
+    """Calls inside take the Python autograd.Function (the operator looks unbuilt)."""
+    def use():
+        monkeypatch.setattr(_op, "_op", None)
+    return use
+
+
+NOISE = {  # name: (shape of x, noise_shape); None entries take x's size
+    "per_element": ((1 << 16,), None),  # on OpenMP pieces where there are 2+ threads
+    "odd": ((97, 1001), None),
+    "channel": ((4, 6, 33, 35), (None, None, 1, 1)),
+    "drop_path": ((5, 7, 3, 64), (None, 1, 1, 1)),
+    "mixed": ((3, 4, 5, 6), (1, None, 1, None)),
+    "six_runs": ((2, 3, 4, 5, 6, 7), (None, 1, None, 1, None, 1)),  # more runs than a job's four dims
+}
+
+
+def grads(x, p, seed, offset, g, gg, noise, alpha):
+    """y, dy/dx . g, d(dy/dx . g)/dg . gg (through create_graph), y without grad, y's node."""
+    def call(v):
+        if alpha:
+            return (fastdrop.alpha_dropout(v, p, True, seed=seed, offset=offset) if noise is None else
+                    fastdrop.feature_alpha_dropout(v, p, True, seed=seed, offset=offset))
+        return fastdrop.dropout(v, p, noise_shape=noise, seed=seed, offset=offset)
+    x = x.detach().requires_grad_()
+    g = g.clone().requires_grad_()
+    y = call(x)
+    (gx,) = torch.autograd.grad(y, x, g, create_graph=True)
+    (ggx,) = torch.autograd.grad(gx, g, gg)
+    with torch.no_grad():
+        y_no_grad = call(x)
+    return y, gx, ggx, y_no_grad, node_name(y)
+
+
+@needs_op
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("noise", list(NOISE))
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("alpha", [False, True])
+def test_same_bits_and_gradients_as_the_python_function(dtype, noise, threads, alpha, python_function):
+    shape, noise_shape = NOISE[noise]
+    if alpha and noise_shape not in (None, (None, None, 1, 1)):
+        pytest.skip("alpha dropout's forms: per element and per channel")
+    gen = torch.Generator().manual_seed(math.prod(shape))
+    x, g, gg = (nonzero_randn(shape, dtype, gen) for _ in range(3))
+    x.view(-1)[:3] = torch.tensor([float("inf"), float("nan"), -0.0]).to(dtype)
+    seed, offset = 2**64 - 5, 2**63 + 11  # both past int64's range: their bits go through
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = grads(x, 0.3, seed, offset, g, gg, noise_shape, alpha)
+        python_function()
+        want = grads(x, 0.3, seed, offset, g, gg, noise_shape, alpha)
+    finally:
+        torch.set_num_threads(before)
+    assert got[-1] == "CppFunction" and want[-1] == "MaskedDropoutBackward"
+    for a, b in zip(got[:-1], want[:-1]):
+        assert_bitwise_equal(a, b)
+    if noise_shape is None and not alpha:
+        assert_bitwise_equal(got[0], reference_dropout(x, 0.3, seed, offset))
+
+
+@needs_op
+def test_gradients_of_any_layout(python_function):
+    # The gradient arrives expanded (from sum), transposed or sliced: the mask follows its
+    # logical index, as the forward's did.
+    x = torch.randn(64, 48, requires_grad=True)
+    gs = [torch.ones(()).expand(64, 48), torch.randn(48, 64).t(), torch.randn(64, 96)[:, ::2]]
+    got = [torch.autograd.grad(fastdrop.dropout(x, 0.4, seed=3), x, g)[0] for g in gs]
+    python_function()
+    want = [torch.autograd.grad(fastdrop.dropout(x, 0.4, seed=3), x, g)[0] for g in gs]
+    for a, b in zip(got, want):
+        assert_bitwise_equal(a, b)
+
+
+@needs_op
+def test_used_only_where_it_applies():
+    x = torch.randn(6, 8, requires_grad=True)
+    assert node_name(fastdrop.dropout(x, 0.5)) == "CppFunction"
+    assert node_name(fastdrop.dropout(x * 1, 0.5, training=True)) == "CppFunction"
+    assert node_name(fastdrop.dropout2d(x.view(1, 6, 2, 4), 0.5)) == "CppFunction"
+    # The Python Function serves the rest: strided inputs (their layout kept), in place (it
+    # marks the input dirty), forward-mode AD (its jvp) and torch.func.
+    t = x.t()
+    assert node_name(fastdrop.dropout(t, 0.5)) == "MaskedDropoutBackward"
+    assert fastdrop.dropout(t, 0.5).stride() == t.stride()
+    h = x * 1
+    fastdrop.dropout(h, 0.5, inplace=True)
+    assert node_name(h) == "MaskedDropoutBackward"
+    import torch.autograd.forward_ad as fwad
+    with fwad.dual_level():
+        dual = fwad.make_dual(x, torch.ones_like(x))
+        y = fastdrop.dropout(dual, 0.5, seed=9)
+        assert node_name(y) == "MaskedDropoutBackward"
+        assert torch.equal(fwad.unpack_dual(y).tangent, fastdrop.dropout(torch.ones_like(x), 0.5, seed=9))
+    gx = torch.func.grad(lambda v: fastdrop.dropout(v, 0.5, seed=9).sum())(x)
+    assert torch.equal(gx, fastdrop.dropout(torch.ones_like(x), 0.5, seed=9))
+
+
+def test_without_the_library_the_python_function_serves(monkeypatch, tmp_path):
+    monkeypatch.setattr(_op, "_op", False)
+    monkeypatch.setattr(_op, "library_path", lambda: tmp_path / "absent.so")
+    x = torch.randn(100, requires_grad=True)
+    y = fastdrop.dropout(x, 0.5, seed=4)
+    assert _op.op() is None and node_name(y) == "MaskedDropoutBackward"
+    assert_bitwise_equal(y, reference_dropout(x.detach(), 0.5, 4))
+
+
+def test_the_library_is_named_by_its_source_and_torch(monkeypatch, tmp_path):
+    # A library built from other source, or for another torch, is never the one loaded.
+    name = _op.library_path().name
+    assert re.sub(r"[^0-9A-Za-z]", "_", torch.__version__) in name
+    (tmp_path / "_op.cpp").write_text(_op.SOURCE.read_text() + "\n// an edit\n")
+    for other in ("_job.py", "_op.py"):
+        (tmp_path / other).write_bytes((_op.SOURCE.parent / other).read_bytes())
+    monkeypatch.setattr(_op, "__file__", str(tmp_path / "_op.py"))
+    assert _op.library_path().name != name
+
+
+FORKED = """
+import os, signal, sys, numpy as np, torch, fastdrop
+torch.set_num_threads(2)
+x, g = torch.randn(1 << 20, requires_grad=True), torch.randn(1 << 20)
+y = fastdrop.dropout(x, 0.5, seed=7)  # on the OpenMP threads, through the C++ node: libgomp's team is up
+assert type(y.grad_fn).__name__ == "CppFunction"
+want = torch.autograd.grad(y, x, g, retain_graph=True)[0].numpy()
+pid = os.fork()
+if pid == 0:  # libgomp hangs in a forked child (PyTorch's parallel ops too): the operator runs inline
+    signal.alarm(30)  # a hang ends the child
+    y = fastdrop.dropout(x, 0.5, seed=7)
+    ok = all(np.array_equal(torch.autograd.grad(y, x, g, retain_graph=True)[0].numpy(), want) for _ in range(3))
+    os._exit(0 if ok else 1)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@needs_op
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_runs_inline():
+    subprocess.run([sys.executable, "-c", FORKED], check=True, timeout=90)
