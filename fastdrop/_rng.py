@@ -36,5 +36,15 @@ def reserve(numel: int, device: torch.device, generator: torch.Generator | None)
             offset = gen.get_offset()
             gen.set_offset(offset + (numel + 3) // 4 * 4)
             return gen.initial_seed(), offset
-    seed = torch.empty((), dtype=torch.int64).random_(generator=generator)
-    return int(seed), 0
+    return int(_seed_tensor().random_(generator=generator)), 0
+
+
+_local = threading.local()
+
+
+def _seed_tensor() -> torch.Tensor:
+    # One per thread, reused: a fresh tensor per call cost 2.4 us of a 3.7 us draw.
+    t = getattr(_local, "seed", None)
+    if t is None:
+        t = _local.seed = torch.empty((), dtype=torch.int64)
+    return t
