@@ -37,10 +37,12 @@ from ._job import (D_AFFINE, D_AUX, D_AUXN, D_BIAS, D_CONTIG, D_DTYPE, D_FLOATS,
 # 275 us, 2^21 399 vs 387, 2^22 1534 vs 1032.
 CHUNK = 1 << 18
 BITS_CHUNK = 1 << 21  # loops over keep bits computed before (noise_shape forms)
-# On PyTorch's OpenMP threads (``run``'s job), awake between its ops, a piece pays from much
-# smaller sizes: 2^16 Philox-bound dropout right after a torch op took 114 us inline, 62-76
-# on them (2-core EPYC VM).
-OMP_CHUNK = 1 << 15
+# On PyTorch's OpenMP threads (``run``'s job; ``_op`` too), awake between its ops, a piece
+# pays from much smaller sizes: 2^16 Philox-bound dropout right after a torch op took 114 us
+# inline, 62-76 on them (2-core EPYC VM). Through ``_op``, dropout forward (backward) with
+# pieces of at least 2^13 against 2^15, medians of alternating rounds, two runs: 2^14
+# 31-41 (45-53) us against 38-45 (55), 2^15 46-48 (68-70) against 59-67 (74-76).
+OMP_CHUNK = 1 << 13
 HALF_TYPES = (torch.float16, torch.bfloat16)
 _gomp_parallel = False  # GOMP_parallel once looked up; None where there is none (or after a fork)
 _CODES = {np.dtype(name): code for name, code in DTYPE_CODES.items()}  # a loop's storage dtype -> its code
