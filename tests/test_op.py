@@ -174,3 +174,17 @@ sys.exit(os.waitstatus_to_exitcode(status))
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
 def test_a_forked_child_runs_inline():
     subprocess.run([sys.executable, "-c", FORKED], check=True, timeout=90)
+
+
+@needs_op
+def test_compiled_autograd_runs_the_node():
+    # Compiled autograd traces the backward graph, the C++ node included.
+    enable = getattr(getattr(torch._dynamo, "compiled_autograd", None), "_enable", None)
+    if enable is None:
+        pytest.skip("no compiled autograd in this torch")
+    x = torch.randn(64, requires_grad=True)
+    y = fastdrop.dropout(x, 0.5, seed=1)
+    assert node_name(y) == "CppFunction"
+    with enable(torch.compile(backend="eager")):
+        (y * y).sum().backward()
+    assert_bitwise_equal(x.grad, 2 * y * fastdrop.dropout(torch.ones_like(x), 0.5, seed=1))
