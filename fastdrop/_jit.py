@@ -276,9 +276,28 @@ def noise_rows(x, y, bits, ns, scale, add, drop, affine, lo, hi):
         return
     i = lo
     i0, i1, i2, i3 = _index(lo, n1, n2, n3)
+    if ns[3] == 0 and x.flags.c_contiguous and y.flags.c_contiguous:
+        # One bit per row (channel dropout, drop path), rows one after another in memory:
+        # the rows that follow with the same bit are one run of the flat arrays. A run per
+        # row, of a 4-D slice, cost 2-4x more on short rows (one thread, 2^18 float32 in rows
+        # of 64: 94 against 42 us; a multiply: 33).
+        xf = numba.carray(_ptr(x.ctypes.data, x.dtype), (x.size,))
+        yf = numba.carray(_ptr(y.ctypes.data, y.dtype), (y.size,))
+        while i < hi:
+            keep = bits[i0 * ns[0] + i1 * ns[1] + i2 * ns[2]]
+            j = i
+            while True:
+                m = min(n3 - i3, hi - j)
+                j += m
+                i0, i1, i2, i3 = _advance(i0, i1, i2, i3, m, n1, n2, n3)
+                if j >= hi or bits[i0 * ns[0] + i1 * ns[1] + i2 * ns[2]] != keep:
+                    break
+            _bit_run(xf[i:j], yf[i:j], keep, s, a, d, affine)
+            i = j
+        return
     while i < hi:
         base = i0 * ns[0] + i1 * ns[1] + i2 * ns[2] + i3 * ns[3]
-        if ns[3] == 0:  # one bit for the whole run: channel dropout, drop path
+        if ns[3] == 0:  # one bit for the whole run
             m = min(n3 - i3, hi - i)
             _bit_run(x[i0, i1, i2, i3:i3 + m], y[i0, i1, i2, i3:i3 + m], bits[base], s, a, d, affine)
         else:  # one bit per element, taken as the run's words would be
