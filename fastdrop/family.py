@@ -18,7 +18,6 @@ Signatures follow PyTorch (timm for ``drop_path``); additions are keyword-only.
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 
