@@ -13,7 +13,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 # The CPU loops compiled ahead of time for this machine (19-54 s here; a first CPU call then
 # needs no numba; a no-op off x86-64), and the C++ autograd node (fastdrop/_op.cpp, 20 s).
 # Rebuilt when their source changes.
-$(VENV)/.aot: $(VENV)/.installed fastdrop/_jit.py fastdrop/_job.py fastdrop/_aot.py fastdrop/_op.py fastdrop/_op.cpp
+$(VENV)/.aot: $(VENV)/.installed fastdrop/_jit.py fastdrop/_job.py fastdrop/_aot.py \
+		fastdrop/_op.py fastdrop/_op.cpp
 	$(BIN)/python -m fastdrop._aot
 	touch $@
 

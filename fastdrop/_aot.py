@@ -211,7 +211,8 @@ def main():
     start = time.perf_counter()
     try:
         path = build()
-        print(f"fastdrop: built {path.name} ({len(_exports())} entry points) in {time.perf_counter() - start:.0f} s")
+        print(f"fastdrop: built {path.name} ({len(_exports())} entry points) in "
+              f"{time.perf_counter() - start:.0f} s")
     except Exception as e:  # noqa: BLE001 - a set-up step: numba's JIT serves without the module
         print(f"fastdrop: the CPU loops were not built ahead of time ({type(e).__name__}: {e}); numba's "
               f"JIT loops serve instead, with a 0.5 s first call per process", file=sys.stderr)

@@ -139,8 +139,8 @@ def native(x, mask, inplace):
     if op is None:
         return None
     add, drop = (0.0, 0.0) if mask.affine is None else mask.affine
-    return op(x, contract.signed64(mask.seed), contract.signed64(mask.offset), contract.keep_threshold(mask.p),
-              mask.scale, add, drop, mask.affine is not None, mask.noise_shape)
+    return op(x, contract.signed64(mask.seed), contract.signed64(mask.offset),
+              contract.keep_threshold(mask.p), mask.scale, add, drop, mask.affine is not None, mask.noise_shape)
 
 
 def _vmap_levels():

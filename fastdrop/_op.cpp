@@ -64,8 +64,8 @@ void run_job(int64_t* d, int64_t n) {
 // keep ? x * scale (+ add) : (0 or drop) over x in logical order, into a fresh contiguous y.
 // noise (x.dim() entries, each 1 or x's size): one keep bit per element of that shape, at
 // its row-major index, shared along the size-1 dims; none: one per element.
-at::Tensor run(const at::Tensor& x_in, int64_t seed, int64_t offset, int64_t threshold, double scale, double add,
-               double drop, bool affine, at::OptionalIntArrayRef noise) {
+at::Tensor run(const at::Tensor& x_in, int64_t seed, int64_t offset, int64_t threshold, double scale,
+               double add, double drop, bool affine, at::OptionalIntArrayRef noise) {
   TORCH_CHECK(body != nullptr, "fastdrop_cpu: init() was not called");
   TORCH_CHECK(x_in.device().is_cpu() && x_in.layout() == at::kStrided, "fastdrop_cpu: a dense CPU tensor");
   const at::Tensor x = x_in.contiguous();  // a strided gradient: the mask follows the logical index
@@ -152,9 +152,9 @@ at::Tensor run(const at::Tensor& x_in, int64_t seed, int64_t offset, int64_t thr
 // dy/dx = keep * scale: the backward is this op again on the gradient, without the affine
 // part, so it is differentiable in turn (create_graph=True).
 struct Dropout : public torch::autograd::Function<Dropout> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, int64_t seed, int64_t offset,
-                            int64_t threshold, double scale, double add, double drop, bool affine,
-                            at::OptionalIntArrayRef noise) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, int64_t seed,
+                            int64_t offset, int64_t threshold, double scale, double add, double drop,
+                            bool affine, at::OptionalIntArrayRef noise) {
     ctx->saved_data["seed"] = seed;  // what decides the mask; nothing per element
     ctx->saved_data["offset"] = offset;
     ctx->saved_data["threshold"] = threshold;
@@ -175,17 +175,20 @@ struct Dropout : public torch::autograd::Function<Dropout> {
     at::Tensor gx = at::GradMode::is_enabled()
                         ? Dropout::apply(grads[0], seed, offset, threshold, scale, 0.0, 0.0, false, ns)
                         : run(grads[0], seed, offset, threshold, scale, 0.0, 0.0, false, ns);
-    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+    // One gradient per forward argument: x's, then none for the 8 numbers.
+    torch::autograd::variable_list out(9);
+    out[0] = gx;
+    return out;
   }
 };
 
-at::Tensor dropout(const at::Tensor& x, int64_t seed, int64_t offset, int64_t threshold, double scale, double add,
-                   double drop, bool affine, at::OptionalIntArrayRef noise) {
+at::Tensor dropout(const at::Tensor& x, int64_t seed, int64_t offset, int64_t threshold, double scale,
+                   double add, double drop, bool affine, at::OptionalIntArrayRef noise) {
   return Dropout::apply(x, seed, offset, threshold, scale, add, drop, affine, noise);
 }
 
-void init(int64_t body_address, int64_t parallel_address, int64_t chunk, int64_t mmapped_bytes, int64_t page) {
+void init(int64_t body_address, int64_t parallel_address, int64_t chunk, int64_t mmapped_bytes,
+          int64_t page) {
   body = reinterpret_cast<Body>(body_address);
   parallel = reinterpret_cast<Parallel>(parallel_address);
   omp_chunk = chunk;
@@ -200,7 +203,7 @@ const int registered_at_fork = pthread_atfork(nullptr, nullptr, [] { parallel = 
 }  // namespace
 
 TORCH_LIBRARY(fastdrop_cpu, m) {
-  m.def("dropout(Tensor x, int seed, int offset, int threshold, float scale, float add, float drop, bool affine, "
-        "int[]? noise) -> Tensor", TORCH_FN(dropout));
+  m.def("dropout(Tensor x, int seed, int offset, int threshold, float scale, float add, float drop, "
+        "bool affine, int[]? noise) -> Tensor", TORCH_FN(dropout));
   m.def("init(int body, int parallel, int omp_chunk, int mmapped, int huge_page) -> ()", TORCH_FN(init));
 }

@@ -4,9 +4,10 @@
 
 ``_op.cpp`` writes each call (per element or with a noise shape, alpha's affine form too) as
 jobs (``_job``) and runs them with the loops' ``omp_body``, inline or on PyTorch's OpenMP
-threads, as ``_cpu.run`` does: same bits, no Python in the backward and little per call. Built for the installed torch (its C++ ABI) into ``_op_<torch>_<source>.so`` next
-to this file; where there is none (no compiler at set-up, another torch, not built) or it does
-not load, ``op()`` is None and the Python autograd.Function serves.
+threads, as ``_cpu.run`` does: same bits, no Python in the backward and little per call.
+Built for the installed torch (its C++ ABI) into ``_op_<torch>_<source>.so`` next to this
+file; where there is none (no compiler at set-up, another torch, not built) or it does not
+load, ``op()`` is None and the Python autograd.Function serves.
 """
 
 from __future__ import annotations

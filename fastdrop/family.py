@@ -64,7 +64,8 @@ def _resolve_noise_shape(noise_shape, shape) -> tuple:
     given = tuple(noise_shape)
     for s in given:
         # type(s) is int first: the abstract Integral check costs ~1 us a dim on every call
-        if s is not None and type(s) is not int and (isinstance(s, bool) or not isinstance(s, numbers.Integral)):
+        if s is not None and type(s) is not int and (isinstance(s, bool)
+                                                     or not isinstance(s, numbers.Integral)):
             raise TypeError(f"noise_shape must be a sequence of ints (or None), but got {given}")
     shape = tuple(shape)
     lead = len(shape) - len(given)

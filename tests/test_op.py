@@ -69,7 +69,7 @@ def grads(x, p, seed, offset, g, gg, noise, alpha):
 
 @needs_op
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("noise,alpha", [(k, False) for k in NOISE] +  # alpha dropout: per element and channel
+@pytest.mark.parametrize("noise,alpha", [(k, False) for k in NOISE] +  # alpha: per element and channel
                          [(k, True) for k in ("per_element", "odd", "channel")])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_same_bits_and_gradients_as_the_python_function(dtype, noise, alpha, threads, python_function):
