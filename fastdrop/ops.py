@@ -54,11 +54,17 @@ dropout_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def traced_dropout(x, p, inplace, seed, offset, backend, noise_shape, scale, affine):
-    """The compiled-graph and jit.trace path: the seed is a graph value, not a constant."""
+    """The compiled-graph, jit.trace and TorchDispatchMode path: the seed is a graph value,
+    not a constant."""
     if seed is None:
         # Traced as a random op of the graph, so each run draws anew and torch.manual_seed
-        # reproduces it. 62 bits keep the bound inside every backend's randint.
-        seed_t = torch.randint(0, 1 << 62, (1,), dtype=torch.int64, device=x.device)
+        # reproduces it. Compiled: 62 bits keep the bound inside every backend's randint.
+        # Otherwise the eager CPU draw itself (_rng), so that under a dispatch mode
+        # (FlopCounterMode, make_fx) or jit.trace a CPU call draws the mask it draws eagerly.
+        if torch.compiler.is_compiling():
+            seed_t = torch.randint(0, 1 << 62, (1,), dtype=torch.int64, device=x.device)
+        else:
+            seed_t = torch.empty(1, dtype=torch.int64, device=x.device).random_()
     else:
         seed_t = torch.tensor([contract.signed64(seed)], dtype=torch.int64, device=x.device)
     if noise_shape is not None:

@@ -515,3 +515,17 @@ def test_make_fx_records_the_operator(call):
     gm = make_fx(call)(x)
     assert "fastdrop.dropout" in gm.code
     assert torch.equal(gm(x), call(x))
+
+
+def test_dispatch_modes_draw_the_eager_mask():
+    # Under a TorchDispatchMode the call is the operator, whose seed is drawn as eager CPU
+    # calls draw theirs: watching a run (here, counting its FLOPs) does not change its masks.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(64)
+    for s in range(20):
+        with FlopCounterMode(display=False):
+            torch.manual_seed(s)
+            inside = fastdrop.dropout(x, 0.5)
+        torch.manual_seed(s)
+        assert torch.equal(inside, fastdrop.dropout(x, 0.5))
