@@ -25,7 +25,8 @@ triton_ok = pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get(
 @triton_ok
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
 def test_p_one_on_triton_backend_gives_zeros(dtype):
-    x = torch.tensor([math.nan, math.inf, -1.0, 2.0] * 8, dtype=dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter's tensors are on the CPU
+    x = torch.tensor([math.nan, math.inf, -1.0, 2.0] * 8, dtype=dtype, device=device)
     y = fastdrop.dropout(x, 1.0, seed=7, backend="triton")
     assert torch.equal(y, torch.zeros_like(x))
 

@@ -120,9 +120,13 @@ def test_autocast_keeps_the_given_dtype(dtype):
 
 
 # ---------------------------------------------------------------- memory formats
+KDEV = "cuda" if torch.cuda.is_available() else "cpu"  # where backend="triton" runs (conftest: the interpreter)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_channels_last_stays_channels_last(backend, monkeypatch):
     x = torch.randn(2, 3, 5, 7).to(memory_format=torch.channels_last)
+    x = x.to(KDEV) if backend == "triton" else x
     if backend == "triton":
         from fastdrop.kernels import dropout as k
         seen = []
@@ -130,7 +134,7 @@ def test_channels_last_stays_channels_last(backend, monkeypatch):
         monkeypatch.setattr(k, "launch", lambda a, *args, **kw: seen.append(a.data_ptr()) or real(a, *args, **kw))
     y = fastdrop.dropout(x, 0.4, seed=3, backend=backend)
     assert y.is_contiguous(memory_format=torch.channels_last) and y.stride() == x.stride()
-    assert torch.equal(y, fastdrop.dropout(x.contiguous(), 0.4, seed=3, backend="cpu"))
+    assert torch.equal(y.cpu(), fastdrop.dropout(x.cpu().contiguous(), 0.4, seed=3, backend="cpu"))
     if backend == "triton":
         assert seen == [x.data_ptr()], "the kernel got a copy, not the input"
 
@@ -138,7 +142,7 @@ def test_channels_last_stays_channels_last(backend, monkeypatch):
 # ---------------------------------------------------------------- shards
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_two_shards_reproduce_the_full_mask(backend):
-    full = torch.randn(6, 1000)
+    full = torch.randn(6, 1000, device=KDEV if backend == "triton" else "cpu")
     seed = 2**40 + 17
     whole = fastdrop.dropout(full, 0.2, seed=seed, backend=backend)
     parts = [fastdrop.dropout(shard, 0.2, seed=seed, offset=i * shard.numel(), backend=backend)
