@@ -3,6 +3,7 @@ tensors takes: built by the set-up, the same bits and gradients as the Python Fu
 every dtype and noise form, inline and on OpenMP threads, differentiable again, used only
 where it applies (a forked child: test_cpu_path)."""
 
+import contextlib
 import math
 import re
 import sys
@@ -104,6 +105,21 @@ def test_gradients_of_any_layout(python_function):
     want = [torch.autograd.grad(fastdrop.dropout(x, 0.4, seed=3), x, g)[0] for g in gs]
     for a, b in zip(got, want):
         assert_bitwise_equal(a, b)
+
+
+@needs_op
+def test_no_node_where_autograd_records_nothing():
+    # The operator skips its node where nothing needs it. Each context must then match
+    # F.dropout: same requires_grad, grad_fn and inference flag, and the same bits.
+    x, leaf = torch.randn(6, 8), torch.randn(6, 8, requires_grad=True)
+    contexts = {"plain": contextlib.nullcontext, "no_grad": torch.no_grad, "inference": torch.inference_mode}
+    for name, ctx in contexts.items():
+        for v in (x, leaf):
+            with ctx():
+                y, theirs = fastdrop.dropout(v, 0.5, seed=4), torch.nn.functional.dropout(v, 0.5)
+            assert (y.requires_grad, y.grad_fn is None, y.is_inference()) == (
+                theirs.requires_grad, theirs.grad_fn is None, theirs.is_inference()), (name, v.requires_grad)
+            assert_bitwise_equal(y.detach(), reference_dropout(v.detach(), 0.5, 4, 0))
 
 
 @needs_op
