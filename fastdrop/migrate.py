@@ -346,10 +346,27 @@ _patched = None  # the (module, name, original, routed) list while patched
 _wanted = {"patch": False, "blocks": 0}  # patch() on; patched() blocks running, in any thread
 
 
+def _dynamo_tables_from_pytorch() -> None:
+    # torch.compile builds its table of torch functions once per process, from the torch
+    # namespace as it is at that moment (its first import, or its first compile). Built while
+    # patched, it took the routed functions for PyTorch's own: graphs called them as opaque
+    # functions, and after unpatching PyTorch's own dropout could not be traced at all
+    # (fullgraph=True failed on torch.dropout). So it is built here, before patching: the
+    # first patch imports torch._dynamo (about 1 s), once per process.
+    try:
+        from torch._dynamo import trace_rules
+    except ImportError:  # no torch.compile in this torch/Python: nothing to keep right
+        return
+    table = getattr(trace_rules, "get_torch_obj_rule_map", None)
+    if table is not None:
+        table()
+
+
 def _sync() -> None:
     global _patched
     on = _wanted["patch"] or _wanted["blocks"] > 0
     if on and _patched is None:
+        _dynamo_tables_from_pytorch()
         targets = _targets()
         for mod, name, _, routed in targets:
             setattr(mod, name, routed)
@@ -371,7 +388,8 @@ def patch() -> None:
     attention-weight dropout of ``nn.MultiheadAttention``, ``F.dropout`` in model code. Not
     reached: names bound before patching (``from torch.nn.functional import dropout``),
     ``scaled_dot_product_attention``'s ``dropout_p`` (fused in the attention kernel) and the
-    dropout inside ATen's RNN ops. Calling it again while patched does nothing.
+    dropout inside ATen's RNN ops. Calling it again while patched does nothing. The first
+    switch-on in a process imports torch._dynamo (about 1 s; see ``_dynamo_tables_from_pytorch``).
     """
     with _lock:
         _wanted["patch"] = True

@@ -3,7 +3,12 @@ report, is_fastdrop, and the patch switch (on: fastdrop's dropout; off: PyTorch'
 
 from __future__ import annotations
 
+import ast
 import importlib
+import os
+import re
+import subprocess
+import sys
 import threading
 import warnings
 
@@ -430,6 +435,36 @@ def test_patch_reaches_multihead_attention_and_other_threads(unpatched):
     t.start()
     t.join(timeout=30)
     assert seen == [True]  # process-wide, not per thread
+
+
+FIRST_COMPILE_PATCHED = """
+import torch, torch.nn.functional as F, fastdrop
+graphs = []
+def backend(gm, example_inputs):
+    graphs.append(str(gm.graph))
+    return gm.forward
+def fn(x):
+    return F.dropout(x, 0.3) + torch.dropout(x, 0.2, True)
+x = torch.randn(4, 4)
+fastdrop.patch()
+torch.compile(fn, backend=backend, fullgraph=True)(x)
+fastdrop.unpatch()
+torch.compile(fn, backend=backend, fullgraph=True)(x)
+print(repr(graphs))
+"""
+
+
+def test_torch_compile_first_used_while_patched():
+    # A fresh process, where torch.compile is first used while patched. Its table of torch
+    # functions, built then, once took the routed functions for PyTorch's: the graph called
+    # them opaquely, and after unpatch fullgraph=True failed on torch.dropout.
+    done = subprocess.run([sys.executable, "-c", FIRST_COMPILE_PATCHED], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    patched_graph, unpatched_graph = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert patched_graph.count("torch.ops.fastdrop.dropout") == 2 and "fastdrop.migrate" not in patched_graph
+    assert "fastdrop" not in unpatched_graph
+    assert len(re.findall(r"target=torch\.(nn\.functional\.)?dropout\]", unpatched_graph)) == 2
 
 
 def test_patch_under_torch_compile(unpatched):
