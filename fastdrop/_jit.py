@@ -57,8 +57,17 @@ def _philox_call(q, k0, k1):
 
 @_jit
 def _philox(q0, ncalls, k0, k1, out):
-    # out[4i + w] = word w of Philox4x32 at counter q0 + i, key (k0, k1).
-    for i in range(ncalls):
+    # out[4i + w] = word w of Philox4x32 at counter q0 + i, key (k0, k1). Two halves side by
+    # side: two independent chains of 10 dependent multiplies per iteration, where one left the
+    # core waiting on their latency (one core, 2^20 calls: 1.33 against 1.14 G words/s).
+    h = ncalls // 2
+    for i in range(h):
+        c0, c1, c2, c3 = _philox_call(np.uint64(q0) + np.uint64(i), k0, k1)
+        d0, d1, d2, d3 = _philox_call(np.uint64(q0) + np.uint64(i + h), k0, k1)
+        out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3] = c0, c1, c2, c3
+        j = 4 * (i + h)
+        out[j], out[j + 1], out[j + 2], out[j + 3] = d0, d1, d2, d3
+    for i in range(2 * h, ncalls):
         c0, c1, c2, c3 = _philox_call(np.uint64(q0) + np.uint64(i), k0, k1)
         out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3] = c0, c1, c2, c3
 
