@@ -459,7 +459,7 @@ def test_torch_compile_first_used_while_patched():
     # functions, built then, once took the routed functions for PyTorch's: the graph called
     # them opaquely, and after unpatch fullgraph=True failed on torch.dropout.
     done = subprocess.run([sys.executable, "-c", FIRST_COMPILE_PATCHED], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          check=False, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert done.returncode == 0, done.stderr[-3000:]
     patched_graph, unpatched_graph = ast.literal_eval(done.stdout.strip().splitlines()[-1])
     assert patched_graph.count("torch.ops.fastdrop.dropout") == 2 and "fastdrop.migrate" not in patched_graph
