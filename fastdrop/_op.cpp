@@ -185,7 +185,7 @@ struct Dropout : public torch::autograd::Function<Dropout> {
 
 at::Tensor dropout(const at::Tensor& x, int64_t seed, int64_t offset, int64_t threshold, double scale,
                    double add, double drop, bool affine, at::OptionalIntArrayRef noise) {
-  if (!(at::GradMode::is_enabled() && x.requires_grad()))  // nothing to record: no node (about 1 us)
+  if (!(at::GradMode::is_enabled() && x.requires_grad()))  // nothing to record: no node (1.4 us less)
     return run(x, seed, offset, threshold, scale, add, drop, affine, noise);
   return Dropout::apply(x, seed, offset, threshold, scale, add, drop, affine, noise);
 }
