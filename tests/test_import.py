@@ -1,7 +1,11 @@
 """import fastdrop stays cheap: triton, numba and torch._dynamo load only when needed."""
 
+import importlib.metadata
+import importlib.util
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -31,3 +35,45 @@ def test_alpha_constants_are_marked_as_dynamo_marks_them():
     marked = torch._dynamo.assume_constant_result(lambda: 0)
     assert {k: v for k, v in vars(marked).items()} == {"_dynamo_marked_constant": True}
     assert family._alpha_constants._dynamo_marked_constant is True
+
+
+# ---- the checkout shadows no installed package ------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _importable_names(folder: Path) -> set:
+    """Top-level names that ``folder`` on sys.path makes importable as a module or a regular
+    package (a folder without __init__.py is only a namespace portion: any installed regular
+    package of that name wins over it)."""
+    names = {p.stem for p in folder.glob("*.py")}
+    names |= {p.name for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    return names
+
+
+def test_the_checkout_shadows_no_installed_package():
+    # python -m pytest and python -m bench... put the checkout's root first on sys.path, and
+    # pytest puts tests/ there (its modules import each other by name).
+    installed = {name for name, dists in importlib.metadata.packages_distributions().items()
+                 if any(d.lower() != "fastdrop" for d in dists)}
+    for folder in (ROOT, ROOT / "tests"):
+        clash = _importable_names(folder) & installed
+        assert not clash, f"{folder} shadows the installed top-level package(s) {sorted(clash)}"
+
+
+def test_kernels_resolves_past_the_checkout():
+    # The Triton source's top-level kernels/ folder is importable only as fastdrop.kernels.
+    # Hugging Face's `kernels` (a dependency of transformers) must stay the one `import kernels`
+    # finds when code runs from the checkout; without it, no regular package of that name.
+    code = ("import importlib.util, json; s = importlib.util.find_spec('kernels'); "
+            "print(json.dumps(None if s is None else s.origin))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True,
+                         timeout=120)
+    origin = json.loads(out.stdout.strip().splitlines()[-1])
+    if origin is not None:  # the checkout's own files, not a virtual environment that lies in it
+        where = Path(origin).resolve()
+        assert not where.is_relative_to(ROOT) or where.is_relative_to(Path(sys.prefix).resolve()), origin
+    if importlib.util.find_spec("kernels") is not None:  # Hugging Face's, installed with transformers
+        assert origin is not None and "site-packages" in origin, origin
+    import fastdrop.kernels.dropout
+    assert Path(fastdrop.kernels.dropout.__file__).resolve() == ROOT / "kernels" / "dropout.py"

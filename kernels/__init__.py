@@ -1,1 +1,0 @@
-"""Triton kernels of fastdrop (installed as ``fastdrop.kernels``)."""
