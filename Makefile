@@ -10,23 +10,21 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
-# The CPU loops compiled ahead of time for this machine (19-54 s here; a first CPU call then
-# needs no numba; a no-op off x86-64), and the C++ autograd node (fastdrop/_op.cpp, 20 s).
-# Rebuilt when their source changes.
-$(VENV)/.aot: $(VENV)/.installed fastdrop/_jit.py fastdrop/_job.py fastdrop/_aot.py \
-		fastdrop/_op.py fastdrop/_op.cpp
-	$(BIN)/python -m fastdrop._aot
+# The CPU operators (fastdrop/backends/cpu/ops.cpp) built for this torch into fastdrop's cache
+# folder, which the first CPU call would otherwise do (about 20 s). Rebuilt when they change.
+$(VENV)/.built: $(VENV)/.installed fastdrop/backends/cpu/ops.cpp fastdrop/backends/cpu/__init__.py
+	$(BIN)/python -m fastdrop.backends.cpu
 	touch $@
 
 .PHONY: bench bench-full test test-slow
-bench: $(VENV)/.aot
+bench: $(VENV)/.built
 	$(BIN)/python -m bench.microbench
 
-bench-full: $(VENV)/.aot
+bench-full: $(VENV)/.built
 	$(BIN)/python -m bench.microbench --full
 
-test: $(VENV)/.aot
+test: $(VENV)/.built
 	$(BIN)/python -m pytest -q
 
-test-slow: $(VENV)/.aot
+test-slow: $(VENV)/.built
 	$(BIN)/python -m pytest -q -m slow

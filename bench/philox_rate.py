@@ -1,10 +1,11 @@
-"""Philox4x32-10 words per second on one CPU core: the compiled loop against numpy's form.
+"""Philox4x32-10 words per second on one CPU core: the C++ loop against numpy's form.
 
     python -m bench.philox_rate
 
-The compiled loop (``fastdrop._jit._philox``) is what the CPU path spends most of its time
-in; numpy's (``fastdrop.contract.stream_words``) is the path without numba. Interleaved runs,
-best and median of 7.
+The C++ loop (``fastdrop/backends/cpu/ops.cpp``, in the instruction-set form the machine
+runs: AVX-512, AVX2 or plain x86-64; ``FASTDROP_CPU_ISA=plain|v3`` picks a lesser one) is what
+the CPU path spends most of its time in; numpy's (``fastdrop.contract.stream_words``) is the
+torch-ops path's. Interleaved runs, best and median of 7.
 """
 
 from __future__ import annotations
@@ -12,18 +13,19 @@ from __future__ import annotations
 import statistics
 import time
 
-import numpy as np
+import torch
 
-from fastdrop import _jit, contract
+from fastdrop import contract
+from fastdrop.backends import cpu
 
 
 def main():
     calls = 1 << 20
-    out = np.empty(4 * calls, np.uint32)
-    runs = {
-        "compiled (fastdrop._jit)": lambda: _jit._philox(np.uint64(0), calls, 1, 2, out),
-        "numpy (fastdrop.contract)": lambda: contract.stream_words((2 << 32) + 1, 0, 4 * calls),
-    }
+    out = torch.empty(calls, 4, dtype=torch.int32)
+    ops = cpu.ops()
+    runs = {"numpy (fastdrop.contract)": lambda: contract.stream_words((2 << 32) + 1, 0, 4 * calls)}
+    if ops is not None:
+        runs = {f"C++ ({ops.isa()})": lambda: ops.philox_words(out, 0, 1, 2), **runs}
     times = {name: [] for name in runs}
     for fn in runs.values():
         fn()

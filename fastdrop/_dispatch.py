@@ -6,7 +6,8 @@ import os
 
 import torch
 
-from . import _cpu, contract
+from . import contract
+from .backends import cpu
 
 _kernels = _residual_kernels = False  # fastdrop.kernels.dropout / .residual once imported; None: no triton
 
@@ -106,7 +107,7 @@ def apply_mask(x, y, p, seed, offset, backend, *, noise_shape=None, scale=None, 
     if noise_shape is not None and tuple(noise_shape) == tuple(x.shape):
         noise_shape = None  # one bit per element: plain dropout
     if backend == "cpu":
-        _cpu.apply(x, y, seed, offset, threshold, scale, noise_shape=noise_shape, affine=affine)
+        cpu.apply(x, y, seed, offset, threshold, scale, noise_shape=noise_shape, affine=affine)
     elif backend == "triton":
         strides = None if noise_shape is None else mask_strides(noise_shape)
         kernels().launch(x, y, seed, offset, threshold, scale, mask_strides=strides, affine=affine)
@@ -117,7 +118,7 @@ def apply_dropout_add(x, bias, residual, y, p, seed, offset, backend):
     """y = residual + dropout(x + bias) (bias may be None); contiguous tensors, y fresh."""
     threshold = contract.keep_threshold(p)
     if backend == "cpu":
-        _cpu.dropout_add(x, bias, residual, y, seed, offset, threshold, scale_of(p))
+        y.copy_(cpu.dropout_add_torch(x, bias, residual, seed, offset, threshold, scale_of(p)))
     elif backend == "triton":
         kernels()  # imports both kernel modules
         _residual_kernels.launch(x, bias, residual, y, seed, offset, threshold, scale_of(p))

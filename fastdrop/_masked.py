@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as _fwd
 
-from . import _op, _rng, _sharded, contract, ops
+from . import _rng, _sharded, contract, ops
+from .backends import cpu
 from ._dispatch import BACKENDS, apply_mask, check_input, resolve_backend
 
 INFERENCE_INPLACE = ("Inplace update to inference tensor outside InferenceMode is not allowed.You can make a "
@@ -129,18 +130,14 @@ def run(x, mask, inplace):
 
 
 def native(x, mask, inplace):
-    """The masked op through the C++ operator (``_op``; its node runs the backward without
-    Python), for a contiguous CPU tensor written out of place; None where it does not apply
-    or is not built. Same bits as ``Mask.apply``."""
-    if (inplace or mask.backend != "cpu" or mask.rows is not None or not x.is_contiguous()
+    """The masked op through the CPU backend's C++ operator (its node runs the backward
+    without Python), for a CPU tensor written out of place; None where it does not apply or
+    is not built. Same bits as ``Mask.apply``."""
+    if (inplace or mask.backend != "cpu" or mask.rows is not None
             or (type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter)):
         return None
-    op = _op.op()
-    if op is None:
-        return None
-    add, drop = (0.0, 0.0) if mask.affine is None else mask.affine
-    return op(x, contract.signed64(mask.seed), contract.signed64(mask.offset),
-              contract.keep_threshold(mask.p), mask.scale, add, drop, mask.affine is not None, mask.noise_shape)
+    return cpu.dropout(x, mask.seed, mask.offset, contract.keep_threshold(mask.p), mask.scale, mask.noise_shape,
+                       mask.affine)
 
 
 def _vmap_levels():

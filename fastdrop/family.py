@@ -26,6 +26,7 @@ import torch.autograd.forward_ad as _fwd
 from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
 from . import contract, ops
+from .backends import cpu
 from ._dispatch import P_DEFAULT, apply_dropout_add, check_input, resolve_backend, resolve_p, scale_of
 from ._masked import Mask, check_call_args, masked, recording, run, seed_offset
 
@@ -322,6 +323,10 @@ def _dropout_add(x, bias, residual, p, training, seed, offset, generator, backen
     if backend == "meta":
         return torch.empty(x.shape, dtype=x.dtype, device=x.device)
     seed, offset = seed_offset(seed, offset, x.numel(), p, x.device, generator, backend)
+    if backend == "cpu" and (type(x) is torch.Tensor or type(x) is torch.nn.Parameter):
+        y = cpu.dropout_add(x, bias, residual, seed, offset, contract.keep_threshold(p), scale_of(p))  # C++ node
+        if y is not None:
+            return y
     mask = Mask(p, seed, offset, backend, None, scale_of(p))
     return _DropoutAdd.apply(x, bias, residual, mask)
 

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from . import _cpu, contract, ops
+from . import contract, ops
+from .backends import cpu
 from ._dispatch import P_DEFAULT, resolve_p, scale_of
 from ._masked import check_call_args, masked
 
@@ -46,7 +47,7 @@ def dropout_mask(shape, p, *, seed, offset=0, device="cpu"):
     seed = contract.check_seed(seed)
     offset = contract.check_offset(offset, shape.numel())
     # Written piece by piece into the output: it costs its own size and no more.
-    mask = _cpu.keep_mask(torch.empty(shape, dtype=torch.bool), seed, offset, contract.keep_threshold(p))
+    mask = cpu.keep_mask(torch.empty(shape, dtype=torch.bool), seed, offset, contract.keep_threshold(p))
     return mask.to(device)
 
 

@@ -1,22 +1,24 @@
-"""The CPU path's compiled pass: same bits as the torch-ops form for every dtype, layout and
-variant, on one thread or on PyTorch's OpenMP threads; threads that follow
-torch.get_num_threads(); no writer left after an interrupt;
-no temporaries beyond the output."""
+"""The CPU backend's C++ loops (fastdrop/backends/cpu/ops.cpp): the contract's keep bits, the same
+bits as the torch-ops form for every dtype, layout and variant, on any number of PyTorch's
+threads and in each instruction-set form (AVX-512, AVX2, plain x86-64), 16-bit casts equal to
+PyTorch's, a forked child that does not hang, no temporaries beyond the output, huge pages."""
 
 import os
 import subprocess
 import sys
-import threading
-import time
 
+import numpy as np
 import pytest
 import torch
 
 import fastdrop
-from fastdrop import _cpu, contract
+from fastdrop import contract
+from fastdrop.backends import cpu
 from reference import FLOAT_DTYPES, assert_bitwise_equal, nonzero_randn
 
-pytestmark = pytest.mark.skipif(_cpu.loops() is None, reason="numba not installed")
+pytestmark = pytest.mark.skipif(cpu.ops() is None, reason="the C++ CPU operators are not built here")
+HUGE_PAGE = 2 << 20
+BLOCK = 2048  # stream elements per batch of words in ops.cpp
 
 LAYOUTS = {
     "contiguous": lambda dt: nonzero_randn((3, 5, 7, 11), dt),
@@ -39,7 +41,14 @@ def specials(x):
 
 def torch_ops_result(x, y_strides, seed, offset, t, scale, noise, affine):
     y = torch.empty_strided(x.shape, y_strides, dtype=x.dtype)
-    return _cpu._apply_torch(x, y, seed, offset, t, scale, noise, affine)
+    return cpu._apply_torch(x, y, seed, offset, t, scale, noise, affine)
+
+
+def noise_for(x, name):
+    noise_shape = NOISE[name]
+    if noise_shape is None:
+        return None
+    return tuple(s if d < 4 and noise_shape[d] != 1 else 1 for d, s in enumerate(x.shape))  # 6-D: the first four
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -48,9 +57,7 @@ def torch_ops_result(x, y_strides, seed, offset, t, scale, noise, affine):
 @pytest.mark.parametrize("affine", [None, "alpha"])
 def test_compiled_pass_equals_torch_ops(dtype, layout, noise, affine):
     x = specials(LAYOUTS[layout](dtype))
-    noise_shape = NOISE[noise]
-    if noise_shape is not None:  # the pattern on x's dims (6-D: the first four)
-        noise_shape = tuple(s if d < 4 and noise_shape[d] != 1 else 1 for d, s in enumerate(x.shape))
+    noise_shape = noise_for(x, noise)
     p = 0.3
     scale, aff = 1 / (1 - p), None
     if affine:
@@ -59,11 +66,14 @@ def test_compiled_pass_equals_torch_ops(dtype, layout, noise, affine):
     t = contract.keep_threshold(p)
     seed, offset = 2**64 - 5, 2**40 + 3
     for y in (torch.empty_like(x), torch.empty(x.shape, dtype=dtype)):  # x's strides, and contiguous
-        got = _cpu.apply(x, y, seed, offset, t, scale, noise_shape=noise_shape, affine=aff)
+        got = cpu.apply(x, y, seed, offset, t, scale, noise_shape=noise_shape, affine=aff)
         assert_bitwise_equal(got, torch_ops_result(x, y.stride(), seed, offset, t, scale, noise_shape, aff))
     inplace = x.clone()
-    _cpu.apply(inplace, inplace, seed, offset, t, scale, noise_shape=noise_shape, affine=aff)
+    cpu.apply(inplace, inplace, seed, offset, t, scale, noise_shape=noise_shape, affine=aff)
     assert_bitwise_equal(inplace, torch_ops_result(x, x.stride(), seed, offset, t, scale, noise_shape, aff))
+    fresh = cpu.dropout(x, seed, offset, t, scale, noise_shape, aff)  # the operator: x's layout
+    assert fresh.stride() == torch.empty_like(x).stride()
+    assert_bitwise_equal(fresh, torch_ops_result(x, fresh.stride(), seed, offset, t, scale, noise_shape, aff))
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -73,81 +83,136 @@ def test_compiled_dropout_add_equals_torch_ops(dtype, with_bias, shape):
     x, r = specials(nonzero_randn(shape, dtype)), nonzero_randn(shape, dtype, torch.Generator().manual_seed(5))
     b = nonzero_randn(shape[-1:], dtype, torch.Generator().manual_seed(6)) if with_bias else None
     t, scale = contract.keep_threshold(0.4), 1 / 0.6
-    got = _cpu.dropout_add(x, b, r, torch.empty_like(x), 77, 5, t, scale)
-    assert_bitwise_equal(got, _cpu._dropout_add_torch(x, b, r, torch.empty_like(x), 77, 5, t, scale))
+    got = cpu.dropout_add(x, b, r, 77, 5, t, scale)
+    assert_bitwise_equal(got, cpu.dropout_add_torch(x, b, r, 77, 5, t, scale))
 
 
-needs_omp = pytest.mark.skipif(_cpu._omp() is None, reason="PyTorch here does not run on libgomp")
+CASES = [  # seed, start, count, p: offsets at the four word positions, across 2**32 and blocks, to the end
+    (0, 0, 1, 0.5), (5, 0, 1000, 0.1), (7, 1, 3, 0.5), (7, 2, 1, 0.5), (3, 3, 2, 0.5),
+    (2**64 - 1, 4 * 2**32 - 3, 777, 0.5), (123, 2**62 + 2, 50, 0.9), (9, 2**64 - 9, 9, 0.3),
+    (2**63, 1023, 4097, 0.01), (42, 2**32 + 1, 1030, 0.99), (11, 6, 257 * 4 + 3, 1e-12),
+    (13, 2**64 - 3 * BLOCK - 5, 3 * BLOCK + 5, 0.5), (1, 2**64 - 40003, 40000, 0.4),
+]
 
 
-@pytest.fixture
-def omp_calls(monkeypatch):
-    # Jobs of 2^12-element pieces on PyTorch's OpenMP threads; counts the parallel regions.
-    monkeypatch.setattr(_cpu, "OMP_CHUNK", 1 << 12)
-    real, calls = _cpu._omp(), []
-
-    def counted(*args):
-        calls.append(args[2])  # the thread count
-        return real(*args)
-
-    monkeypatch.setattr(_cpu, "_gomp_parallel", counted)
-    before = torch.get_num_threads()
-    yield calls
-    torch.set_num_threads(before)
+@pytest.mark.parametrize("seed,start,count,p", CASES)
+def test_keep_bits_equal_the_numpy_contract(seed, start, count, p):
+    t = contract.keep_threshold(p)
+    out = torch.zeros(count + 2, dtype=torch.bool)
+    cpu.keep_mask(out[1:-1], seed, start, t)
+    assert torch.equal(out[1:-1], torch.from_numpy(contract.keep_bits(seed, start, count, t)))
+    assert not out[0] and not out[-1]  # nothing written outside the range
 
 
-@needs_omp
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_philox_words_equal_the_contract_past_a_vector_group():
+    for calls in (1, 31, 32, 33, 1000):
+        out = torch.empty(calls, 4, dtype=torch.int32)
+        cpu.ops().philox_words(out, 2**32 - 17, 0x9ABCDEF0, 0x12345678)
+        want = contract.stream_words(0x123456789ABCDEF0, (2**32 - 17) * 4, 4 * calls)
+        assert np.array_equal(out.view(-1).numpy().view(np.uint32).astype(np.uint64), want), calls
+
+
+ALL16 = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_widening_equals_torch_for_every_value(dtype):
+    # A keep-all dropout is widen, scale, narrow: every value, NaN payloads included.
+    x = ALL16.view(dtype)
+    for scale in (1.0, 3.0, 2.0**-20):
+        assert_bitwise_equal(cpu.dropout(x, 0, 0, 2**32, scale), (x.float() * scale).to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_rounding_equals_torch(dtype):
+    # Every 16-bit value's float32, the values halfway between neighbours and one ulp either
+    # side (ties to even), a sweep of all exponents, and random bit patterns.
+    shift = 13 if dtype == torch.float16 else 16
+    exact = ALL16.view(dtype).float().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    half = 1 << (shift - 1)
+    gen = torch.Generator().manual_seed(0)
+    u = torch.cat([exact, exact + half, exact + half - 1, exact + half + 1, exact - half,
+                   torch.arange(0, 2**32, 65537, dtype=torch.int64),
+                   torch.randint(0, 2**32, (200_000,), generator=gen, dtype=torch.int64)]) & 0xFFFFFFFF
+    f = torch.where(u >= 2**31, u - 2**32, u).to(torch.int32).view(torch.float32)
+    out = torch.empty(f.shape, dtype=dtype)
+    cpu.ops().narrow_into(f, out)
+    assert_bitwise_equal(out, f.to(dtype))  # NaN included: fp16 keeps sign and payload, bf16 gives 0xFFFF
+
+
+ISA_CHECK = """
+import sys, torch, fastdrop
+from fastdrop.backends import cpu
+print(cpu.ops().isa())
+x = torch.randn(3, 40001, generator=torch.Generator().manual_seed(0))
+out = []
+for dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+    v = x.to(dt)
+    out += [cpu.dropout(v, 5, 3, 2**31, 1.7), cpu.dropout(v.t(), 5, 3, 2**31, 1.7),
+            cpu.dropout(v, 5, 3, 2**31, 1.7, None, (0.25, -1.5)), cpu.dropout(v, 5, 3, 2**31, 1.7, (3, 1)),
+            cpu.dropout_add(v, v[0], v, 5, 3, 2**31, 1.7)]
+f = torch.randint(-2**31, 2**31 - 1, (100_000,), generator=torch.Generator().manual_seed(1), dtype=torch.int32)
+for dt in (torch.float16, torch.bfloat16):
+    h = torch.empty(100_000, dtype=dt)
+    cpu.ops().narrow_into(f.view(torch.float32), h)
+    out.append(h)
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_every_instruction_set_form_gives_the_same_bits(tmp_path):
+    # FASTDROP_CPU_ISA caps the form the library picks at load: each form, in its own process,
+    # must give the bits this process's form gives.
+    results = {}
+    for cap in ("plain", "v3", "v4"):
+        env = dict(os.environ, FASTDROP_CPU_ISA=cap)
+        done = subprocess.run([sys.executable, "-c", ISA_CHECK, str(tmp_path / f"{cap}.pt")], env=env, check=True,
+                              capture_output=True, text=True, timeout=120)
+        results[done.stdout.strip()] = torch.load(tmp_path / f"{cap}.pt")
+    assert "plain" in results
+    forms = list(results.values())
+    for other in forms[1:]:
+        for a, b in zip(forms[0], other):
+            assert_bitwise_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
 @pytest.mark.parametrize("noise", ["per_element", "channel", "mixed", "inner"])
-def test_openmp_threads_give_the_bits_of_one_thread(dtype, layout, noise, omp_calls):
+def test_threads_give_the_bits_of_one_thread(dtype, layout, noise):
     base = nonzero_randn((8, 8, 32, 33), dtype)
     x = {"contiguous": base, "transposed": base.permute(3, 2, 1, 0), "sliced": base[:, ::2, :, 1:]}[layout]
     noise_shape = NOISE[noise] and tuple(s if k != 1 else 1 for s, k in zip(x.shape, NOISE[noise]))
     t, scale = contract.keep_threshold(0.3), 1 / 0.7
-    torch.set_num_threads(1)
-    want = _cpu.apply(x, torch.empty_like(x), 11, 3, t, scale, noise_shape=noise_shape)
-    assert not omp_calls
-    for threads in (2, 3):
-        torch.set_num_threads(threads)
-        for aff in (None, (0.25, -1.5)):
-            got = _cpu.apply(x, torch.empty_like(x), 11, 3, t, scale, noise_shape=noise_shape, affine=aff)
-            assert_bitwise_equal(got, torch_ops_result(x, got.stride(), 11, 3, t, scale, noise_shape, aff))
-        got = _cpu.apply(x, torch.empty_like(x), 11, 3, t, scale, noise_shape=noise_shape)
-        assert_bitwise_equal(got, want)
-    assert omp_calls and set(omp_calls) == {2, 3}
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        want = cpu.dropout(x, 11, 3, t, scale, noise_shape)
+        for threads in (2, 3):
+            torch.set_num_threads(threads)
+            assert_bitwise_equal(cpu.dropout(x, 11, 3, t, scale, noise_shape), want)
+            y = torch.empty_like(x)
+            assert_bitwise_equal(cpu.apply(x, y, 11, 3, t, scale, noise_shape=noise_shape), want)
+    finally:
+        torch.set_num_threads(before)
+    assert_bitwise_equal(want, torch_ops_result(x, want.stride(), 11, 3, t, scale, noise_shape, None))
 
-
-@needs_omp
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_openmp_threads_keep_bits_and_dropout_add(dtype, omp_calls):
-    x, r, b = (nonzero_randn(s, dtype, torch.Generator().manual_seed(i)) for i, s in
-               enumerate([(40, 1000), (40, 1000), (1000,)]))
-    t, scale, end = contract.keep_threshold(0.4), 1 / 0.6, 2**64 - 40000 - 3  # up to the stream's end
-    torch.set_num_threads(2)
-    bits = _cpu.keep_mask(torch.empty(40000, dtype=torch.bool), 5, end, t)
-    assert len(omp_calls) == 1
-    assert torch.equal(bits, torch.from_numpy(contract.keep_bits(5, end, 40000, t)))
-    for bias in (b, None):
-        calls = len(omp_calls)
-        got = _cpu.dropout_add(x, bias, r, torch.empty_like(x), 5, 9, t, scale)
-        assert len(omp_calls) == calls + 1
-        assert_bitwise_equal(got, _cpu._dropout_add_torch(x, bias, r, torch.empty_like(x), 5, 9, t, scale))
 
 FORKED = """
 import os, signal, sys, numpy as np, torch, fastdrop
 torch.set_num_threads(2)
 x, g = torch.randn(1 << 20, requires_grad=True), torch.randn(1 << 20)
-strided = x.detach().view(1024, 1024).t()  # the Python path; x itself takes the C++ operator where built
+strided = x.detach().view(1024, 1024).t()
 
 def results():  # numpy, not torch ops: PyTorch's own parallel ops hang in a forked child
     y = fastdrop.dropout(x, 0.5, seed=7)
     return [y.detach().numpy(), torch.autograd.grad(y, x, g)[0].numpy(),
-            np.ascontiguousarray(fastdrop.dropout(strided, 0.5, seed=7).numpy())]
+            np.ascontiguousarray(fastdrop.dropout(strided, 0.5, seed=7).numpy()),
+            fastdrop.dropout_mask((1 << 20,), 0.5, seed=3).numpy()]
 
 want = results()  # on the OpenMP threads: libgomp's team is up
 pid = os.fork()
-if pid == 0:  # libgomp hangs in a forked child: fastdrop runs inline or on its pool there
+if pid == 0:  # libgomp hangs in a forked child: fastdrop runs inline there
     signal.alarm(30)  # a hang ends the child
     ok = all(all(np.array_equal(a, b) for a, b in zip(results(), want)) for _ in range(3))
     os._exit(0 if ok else 1)
@@ -156,75 +221,9 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-@needs_omp
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
-def test_a_forked_child_runs_without_openmp():
+def test_a_forked_child_runs_inline():
     subprocess.run([sys.executable, "-c", FORKED], check=True, timeout=90)
-
-
-
-def test_threads_follow_torch_get_num_threads():
-    before = torch.get_num_threads()
-    n = _cpu.CHUNK * 16
-    try:
-        for threads in (3, 1, 2):
-            torch.set_num_threads(threads)
-            barrier = threading.Barrier(threads, timeout=10)  # breaks unless `threads` threads take part
-            seen, covered = set(), []
-
-            def piece(lo, hi):
-                seen.add(threading.get_ident())
-                if len(covered) < threads:
-                    covered.append(None)
-                    barrier.wait()
-                covered.append((lo, hi))
-
-            _cpu.run(piece, n)
-            assert len(seen) == threads
-            spans = sorted(c for c in covered if c is not None)
-            assert spans[0][0] == 0 and spans[-1][1] == n
-            assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # each index once
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_small_calls_stay_on_the_calling_thread():
-    seen = set()
-    _cpu.run(lambda lo, hi: seen.add(threading.get_ident()), _cpu.CHUNK)
-    assert seen == {threading.get_ident()}
-
-
-def test_interrupt_leaves_no_worker_writing():
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    n = _cpu.CHUNK * 12  # 12 pieces for 3 threads
-    lock, state = threading.Lock(), {"running": 0, "started": 0, "raised": False}
-
-    def piece(lo, hi):
-        with lock:
-            state["started"] += 1
-            state["running"] += 1
-            first = not state["raised"]
-            state["raised"] = True
-        try:
-            if first:
-                time.sleep(0.05)  # the other threads are inside their pieces now
-                raise KeyboardInterrupt
-            time.sleep(0.2)
-        finally:
-            with lock:
-                state["running"] -= 1
-
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _cpu.run(piece, n)
-        assert state["running"] == 0  # every piece that started has finished
-        started = state["started"]
-        assert started < 12  # the rest were never started
-        time.sleep(0.3)
-        assert state["started"] == started  # and none starts later
-    finally:
-        torch.set_num_threads(before)
 
 
 PEAK = """
@@ -245,7 +244,7 @@ n = 1 << 26
 x = torch.randn(1 << 13, 1 << 13).half()  # 2**26 elements
 layouts = {"transposed": x.t(), "channels_last": x.view(64, 1024, 32, 32).permute(0, 2, 3, 1)}
 for name, v in layouts.items():
-    fastdrop.dropout(v[:2, :2], 0.5, seed=1)  # loads (or compiles) the loops outside the measure
+    fastdrop.dropout(v[:2, :2], 0.5, seed=1)  # loads the operators outside the measure
     grew, y = peak_of(lambda: fastdrop.dropout(v, 0.5, seed=1))
     print(name, grew, y.numel() * y.element_size())
     del y
@@ -255,15 +254,14 @@ print("dropout_mask", grew, m.numel())
 
 
 def test_peak_memory_is_the_output():
-    # 2**26 fp16 elements: the output (128 MiB) plus at most one CHUNK of float32 temporaries
-    # per thread and slack for the allocator; the former path copied x twice (+256 MiB).
+    # 2**26 fp16 elements: the output (128 MiB) plus slack for the allocator and the threads'
+    # stacks; no copy of x, no float32 temporaries.
     if sys.platform != "linux":
         pytest.skip("reads /proc/self/status")
     out = subprocess.run([sys.executable, "-c", PEAK], check=True, capture_output=True, text=True, timeout=300)
-    slack = _cpu.CHUNK * 4 * torch.get_num_threads() + (8 << 20)
     for line in out.stdout.strip().splitlines():
         name, grew, size = line.split()
-        assert int(grew) <= int(size) + slack, line
+        assert int(grew) <= int(size) + (8 << 20), line
 
 
 def _vm_flags(address):
@@ -293,7 +291,7 @@ def test_fresh_outputs_ask_for_huge_pages(call):
         (y,) = torch.autograd.grad(fastdrop.dropout(xg, 0.1), xg, torch.ones_like(x))
     else:
         y = fastdrop.dropout_add(x, x, 0.1)
-    first_huge = -(-y.data_ptr() // _cpu.HUGE_PAGE) * _cpu.HUGE_PAGE
+    first_huge = -(-y.data_ptr() // HUGE_PAGE) * HUGE_PAGE
     assert "hg" in _vm_flags(first_huge)
     fastdrop.dropout(x, 0.1, inplace=True)
-    assert "hg" not in _vm_flags(-(-x.data_ptr() // _cpu.HUGE_PAGE) * _cpu.HUGE_PAGE)
+    assert "hg" not in _vm_flags(-(-x.data_ptr() // HUGE_PAGE) * HUGE_PAGE)

@@ -20,7 +20,8 @@ from torch import nn
 
 import fastdrop
 import fastdrop.family as fam
-from fastdrop import _cpu, _dispatch, contract
+from fastdrop import _dispatch, contract
+from fastdrop.backends import cpu
 from fastdrop.kernels import dropout as kdrop
 from reference import (FLOAT_DTYPES, Z_BOUND, assert_bitwise_equal, binomial_z, keep_element, nonzero_randn,
                        reference_mask, scaled, ulp_distance)
@@ -253,7 +254,7 @@ def test_alpha_dropout_equals_torch_given_its_mask(feature, dtype):
     a, b_keep, b_drop = fam._alpha_constants(0.3, dtype)
     keep = out != b_drop
     assert_bitwise_equal(out, aten_alpha(x, keep, 0.3))  # the test's reference formula is PyTorch's
-    assert_bitwise_equal(out, _cpu._transform(x, keep, a, (b_keep, b_drop)).to(dtype))  # and fastdrop's
+    assert_bitwise_equal(out, cpu.transform(x, keep, a, (b_keep, b_drop)).to(dtype))  # and fastdrop's
 
 
 def test_alpha_dropout_keeps_zero_mean_unit_variance():

@@ -1,11 +1,14 @@
-"""The C++ operator and autograd node (``fastdrop._op``) that CPU dropout of contiguous
-tensors takes: built by the set-up, the same bits and gradients as the Python Function for
-every dtype and noise form, inline and on OpenMP threads, differentiable again, used only
-where it applies (a forked child: test_cpu_path)."""
+"""The CPU backend's C++ operator and autograd node (``fastdrop.backends.cpu``) that CPU dropout
+written out of place takes: built at first use (or by the set-up), the same bits and gradients
+as the Python Function for every dtype, layout and noise form, on one or more threads,
+differentiable again, used only where it applies; a failed build leaves one warning and the
+torch-ops path; a plain pip install gets it too (a forked child: test_cpu_path)."""
 
 import contextlib
 import math
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,19 +17,18 @@ import torch
 from reference import FLOAT_DTYPES, assert_bitwise_equal, nonzero_randn, reference_dropout
 
 import fastdrop
-from fastdrop import _op
+from fastdrop.backends import cpu
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_op = pytest.mark.skipif(_op.op() is None, reason="the C++ operator is not built for this torch "
-                                                        "(python -m fastdrop._aot)")
+needs_op = pytest.mark.skipif(cpu.ops() is None, reason="the C++ CPU operators could not be built here")
 
 
 def test_the_setup_built_it():
-    # make's set-up (.venv/.aot) builds the operator: a failed build must not pass silently.
-    stamp = ROOT / ".venv" / ".aot"
+    # make's set-up (.venv/.built) builds the operators: a failed build must not pass silently.
+    stamp = ROOT / ".venv" / ".built"
     if not stamp.exists() or Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
         pytest.skip("not the set-up's environment")
-    assert _op.library_path().exists() and _op.op() is not None
+    assert cpu.library_path().exists() and cpu.ops() is not None
 
 
 def node_name(y):
@@ -37,17 +39,17 @@ def node_name(y):
 def python_function(monkeypatch):
     """Calls inside take the Python autograd.Function (the operator looks unbuilt)."""
     def use():
-        monkeypatch.setattr(_op, "_op", None)
+        monkeypatch.setattr(cpu, "dropout", lambda *args: None)
     return use
 
 
 NOISE = {  # name: (shape of x, noise_shape); None entries take x's size
-    "per_element": ((1 << 16,), None),  # on OpenMP pieces where there are 2+ threads
+    "per_element": ((1 << 16,), None),  # in pieces on PyTorch's threads where there are 2+
     "odd": ((97, 1001), None),
     "channel": ((4, 6, 33, 35), (None, None, 1, 1)),
     "drop_path": ((5, 7, 3, 64), (None, 1, 1, 1)),
     "mixed": ((3, 4, 5, 6), (1, None, 1, None)),
-    "six_runs": ((2, 3, 4, 5, 6, 7), (None, 1, None, 1, None, 1)),  # more runs than a job's four dims
+    "six_runs": ((2, 3, 4, 5, 6, 7), (None, 1, None, 1, None, 1)),  # six walked dims
 }
 
 
@@ -128,11 +130,12 @@ def test_used_only_where_it_applies():
     assert node_name(fastdrop.dropout(x, 0.5)) == "CppFunction"
     assert node_name(fastdrop.dropout(x * 1, 0.5, training=True)) == "CppFunction"
     assert node_name(fastdrop.dropout2d(x.view(1, 6, 2, 4), 0.5)) == "CppFunction"
-    # The Python Function serves the rest: strided inputs (their layout kept), in place (it
-    # marks the input dirty), forward-mode AD (its jvp) and torch.func.
-    t = x.t()
-    assert node_name(fastdrop.dropout(t, 0.5)) == "MaskedDropoutBackward"
+    assert node_name(fastdrop.dropout_add(x, x, 0.5)) == "CppFunction"
+    t = x.t()  # any layout, kept
+    assert node_name(fastdrop.dropout(t, 0.5)) == "CppFunction"
     assert fastdrop.dropout(t, 0.5).stride() == t.stride()
+    # The Python Function serves in place (it marks the input dirty), forward-mode AD (its
+    # jvp) and torch.func.
     h = x * 1
     fastdrop.dropout(h, 0.5, inplace=True)
     assert node_name(h) == "MaskedDropoutBackward"
@@ -146,24 +149,69 @@ def test_used_only_where_it_applies():
     assert torch.equal(gx, fastdrop.dropout(torch.ones_like(x), 0.5, seed=9))
 
 
-def test_without_the_library_the_python_function_serves(monkeypatch, tmp_path):
-    monkeypatch.setattr(_op, "_op", False)
-    monkeypatch.setattr(_op, "library_path", lambda: tmp_path / "absent.so")
-    x = torch.randn(100, requires_grad=True)
+WITHOUT = """
+import sys, warnings, torch, fastdrop
+from fastdrop.backends import cpu
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    x = torch.randn(1000, requires_grad=True)
     y = fastdrop.dropout(x, 0.5, seed=4)
-    assert _op.op() is None and node_name(y) == "MaskedDropoutBackward"
-    assert_bitwise_equal(y, reference_dropout(x.detach(), 0.5, 4))
+    (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    z = fastdrop.dropout_add(x.detach(), x.detach(), 0.3, seed=5)
+    m = fastdrop.dropout_mask((1000,), 0.5, seed=4)
+ours = [w for w in caught if "fastdrop" in str(w.message)]
+assert cpu.ops() is None, "the operators loaded"
+assert len(ours) == 1, [str(w.message) for w in ours]
+print(str(ours[0].message).replace(chr(10), " "))
+print(type(y.grad_fn).__name__)
+torch.save((x.detach(), y.detach(), g, z, m), sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("why", ["no compiler", "failing compiler"])
+def test_a_failed_build_leaves_the_torch_ops_path_with_one_warning(why, tmp_path):
+    # A fresh cache folder and a compiler that is absent or fails: one warning that says why,
+    # then the same bits through torch ops.
+    cxx = str(tmp_path / "absent-c++") if why == "no compiler" else "false"
+    env = dict(os.environ, FASTDROP_CACHE=str(tmp_path / "cache"), CXX=cxx)
+    done = subprocess.run([sys.executable, "-c", WITHOUT, str(tmp_path / "out.pt")], env=env, check=True,
+                          capture_output=True, text=True, timeout=120)
+    message, node = done.stdout.strip().splitlines()[-2:]
+    assert "not available" in message and "torch ops instead" in message
+    assert ("could not run" if why == "no compiler" else "failed") in message
+    assert node == "MaskedDropoutBackward"
+    x, y, g, z, m = torch.load(tmp_path / "out.pt")
+    assert_bitwise_equal(y, reference_dropout(x, 0.5, 4))
+    assert_bitwise_equal(g, fastdrop.dropout(torch.ones_like(x), 0.5, seed=4))
+    assert_bitwise_equal(z, fastdrop.dropout_add(x, x, 0.3, seed=5))
+    assert torch.equal(m, fastdrop.dropout_mask((1000,), 0.5, seed=4))
 
 
 def test_the_library_is_named_by_its_source_and_torch(monkeypatch, tmp_path):
     # A library built from other source, or for another torch, is never the one loaded.
-    name = _op.library_path().name
-    assert re.sub(r"[^0-9A-Za-z]", "_", torch.__version__) in name
-    (tmp_path / "_op.cpp").write_text(_op.SOURCE.read_text() + "\n// an edit\n")
-    for other in ("_job.py", "_op.py"):
-        (tmp_path / other).write_bytes((_op.SOURCE.parent / other).read_bytes())
-    monkeypatch.setattr(_op, "__file__", str(tmp_path / "_op.py"))
-    assert _op.library_path().name != name
+    name = cpu.library_path().name
+    assert re.sub(r"[^0-9A-Za-z.]", "_", torch.__version__) in name
+    edited = tmp_path / "ops.cpp"
+    edited.write_text(cpu.SOURCE.read_text() + "\n// an edit\n")
+    monkeypatch.setattr(cpu, "SOURCE", edited)
+    assert cpu.library_path().name != name
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the operators are built on Linux")
+def test_a_plain_pip_install_gets_the_operators(tmp_path):
+    # pip install (no editable checkout, no set-up step) carries ops.cpp, and the first CPU call
+    # builds it (into the cache this run uses, which holds it already: same source and torch).
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(tmp_path / "site"), str(ROOT)], check=True, timeout=300, capture_output=True)
+    code = ("import torch, fastdrop; from fastdrop.backends import cpu; print(fastdrop.__file__); "
+            "y = fastdrop.dropout(torch.randn(64, requires_grad=True), 0.5, seed=1); "
+            "print(cpu.ops() is not None, type(y.grad_fn).__name__)")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, capture_output=True,
+                          text=True, timeout=300)
+    where, state = done.stdout.strip().splitlines()[-2:]
+    assert Path(where).is_relative_to(tmp_path / "site")
+    assert state == "True CppFunction"
 
 
 @needs_op

@@ -1,0 +1,1 @@
+"""fastdrop's backends: ``cpu`` (C++ operators) and the Triton kernels' launcher."""
