@@ -1,4 +1,13 @@
-"""Where seeds and offsets come from when the caller gives none."""
+"""Where seeds and offsets come from when the caller gives none: every draw is here.
+
+- ``reserve``: eager calls. CUDA tensors take the CUDA generator's seed and Philox offset,
+  advanced past the call's range, as PyTorch's own dropout does; CPU tensors a fresh 63-bit
+  seed from the CPU generator, offset 0. Either way torch.manual_seed reproduces a run and
+  torch.utils.checkpoint's RNG restore replays the same mask.
+- ``under_transforms``: under torch.func, a 63-bit seed drawn below the transforms.
+- ``graph_seed``: compiled graphs, jit.trace, TorchDispatchModes and TorchScript get the seed
+  as a 1-element int64 tensor drawn in the graph, so each run draws anew.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +16,12 @@ import threading
 import torch
 
 _lock = threading.Lock()  # get_offset/set_offset is not atomic
+_local = threading.local()
 
 
-def reserve(numel: int, device: torch.device, generator: torch.Generator | None):
-    """Reserve a (seed, offset) whose stream range [offset, offset + numel) no other call gets.
-
-    CUDA tensors: the CUDA generator's seed and Philox offset, advanced past the range (as
-    PyTorch's own dropout does; offsets stay multiples of 4). CPU tensors: a fresh 63-bit seed
-    drawn from the CPU generator, offset 0. Either way torch.manual_seed reproduces a run and
-    torch.utils.checkpoint's RNG restore replays the same mask. Under CUDA-graph capture the
-    seed is a 1-element int64 device tensor (offset 0).
-    """
+def reserve(count: int, device: torch.device, generator: torch.Generator | None):
+    """A (seed, offset) whose stream range [offset, offset + count) no other call gets. Under
+    CUDA-graph capture the seed is a 1-element int64 device tensor drawn by each replay."""
     cuda = device.type == "cuda"  # read once: each read of torch.device.type costs about 0.6 us
     if cuda and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -35,14 +39,11 @@ def reserve(numel: int, device: torch.device, generator: torch.Generator | None)
             return torch.empty(1, dtype=torch.int64, device=device).random_(generator=gen), 0
         with _lock:
             offset = gen.get_offset()
-            gen.set_offset(offset + (numel + 3) // 4 * 4)
+            gen.set_offset(offset + (count + 3) // 4 * 4)
             return gen.initial_seed(), offset
     # random_() and random_(generator=None) draw the same; the keyword costs 0.3 us
     t = _seed_tensor()
     return (t.random_() if generator is None else t.random_(generator=generator)).item(), 0
-
-
-_local = threading.local()
 
 
 def _seed_tensor() -> torch.Tensor:
@@ -51,3 +52,23 @@ def _seed_tensor() -> torch.Tensor:
     if t is None:
         t = _local.seed = torch.empty((), dtype=torch.int64)
     return t
+
+
+def under_transforms(device: torch.device, generator: torch.Generator | None) -> int:
+    """A 63-bit seed, offset 0, drawn outside torch.func's transforms (the batched size of the
+    call is not known until its vmap rules run, so no offset range is reserved)."""
+    with torch._C._DisableFuncTorch():
+        return int(torch.empty((), dtype=torch.int64, device=device).random_(generator=generator))
+
+
+def graph_seed(device: torch.device, compiled: bool) -> torch.Tensor:
+    """The seed of a recorded call, as a graph value. Compiled graphs (and TorchScript) take
+    randint below 2**62, inside every backend's randint bound; jit.trace and dispatch modes
+    the eager CPU draw itself, so that a CPU call draws the mask it draws eagerly."""
+    if compiled:
+        return scripted_seed(device)
+    return torch.empty(1, dtype=torch.int64, device=device).random_()
+
+
+def scripted_seed(device: torch.device) -> torch.Tensor:
+    return torch.randint(0, 1 << 62, [1], dtype=torch.int64, device=device)

@@ -12,11 +12,10 @@ one masked call per row, no communication, no copy.
 from __future__ import annotations
 
 import itertools
-import math
 
 import torch
 
-from ._dispatch import mask_strides, resolve_backend
+from .contract import noise_strides
 
 
 def is_dtensor(t) -> bool:
@@ -35,7 +34,7 @@ def shard_rows(noise, local_shape, start, offset):
     ``lead`` leading dims are iterated (row-major); each row's bits are the contiguous range
     at its offset, over the local noise shape's trailing dims.
     """
-    strides = mask_strides(noise)
+    strides = noise_strides(noise)
     local_noise = tuple(1 if n == 1 else s for n, s in zip(noise, local_shape))
     cut = [d for d, (n, ln) in enumerate(zip(noise, local_noise)) if n != ln]  # dims the shard cuts
     lead = cut[-1] if cut else 0
@@ -45,45 +44,27 @@ def shard_rows(noise, local_shape, start, offset):
     return lead, rows, local_noise[lead:]
 
 
-def dtensor_masked(input, p, noise_shape, inplace, seed, offset, generator, backend, scale, affine, name):
-    """dropout of a DTensor: each rank computes its local shard's part of the global mask."""
-    from torch.distributed.tensor import DTensor
+def local_part(input, noise_shape, affine, name):
+    """(local shard, global noise shape, the shard's local shape and global start) of a DTensor."""
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
     from torch.distributed.tensor.placement_types import Partial
-
-    from ._masked import Mask, run_mask, seed_offset
 
     if affine is not None and any(isinstance(pl, Partial) for pl in input.placements):
         raise ValueError(
             f"{name}(): alpha dropout is affine, so it cannot act on a Partial DTensor (every rank would add "
             f"the offset to its partial sum): redistribute to Replicate or Shard first")
-    local = input.to_local()
-    global_shape = tuple(input.shape)
-    noise = global_shape if noise_shape is None else tuple(noise_shape)
-    local_shape, start = compute_local_shape_and_global_offset(global_shape, input.device_mesh, input.placements)
-    backend = resolve_backend(backend, local.device)
-    # Every rank reserves the whole tensor's range: the same (seed, offset) on ranks whose
-    # generators agree (the same torch.manual_seed on every rank, as DTensor expects).
-    seed, offset = seed_offset(seed, offset, math.prod(noise), p, local.device, generator, backend)
-    lead, rows, local_noise = shard_rows(noise, tuple(local_shape), tuple(start), offset)
-    if lead:
-        mask = Mask(p, seed, offset, backend, local_noise, scale, affine, rows=(lead, rows))
-    else:
-        mask = Mask(p, seed, rows[0], backend, local_noise, scale, affine)
-    y = run_mask(local, mask, False)
-    out = DTensor.from_local(y, input.device_mesh, input.placements, run_check=False, shape=input.shape,
-                             stride=input.stride())
-    return input.copy_(out) if inplace else out
+    noise = tuple(input.shape) if noise_shape is None else tuple(noise_shape)
+    local_shape, start = compute_local_shape_and_global_offset(tuple(input.shape), input.device_mesh,
+                                                               input.placements)
+    return input.to_local(), noise, tuple(local_shape), tuple(start)
 
 
-def wrapper_masked(input, p, noise_shape, inplace, seed, offset, generator, backend, scale, affine):
-    """A __torch_dispatch__ subclass gets the registered operator, with a seed drawn as in eager."""
-    from . import ops
-    from ._masked import seed_offset
+def as_dtensor(y, like):
+    """The local result y as a DTensor placed as ``like``."""
+    from torch.distributed.tensor import DTensor
 
-    count = input.numel() if noise_shape is None else math.prod(noise_shape)
-    seed, offset = seed_offset(seed, offset, count, p, input.device, generator, backend)
-    return ops.traced_dropout(input, p, inplace, seed, offset, backend, noise_shape, scale, affine)
+    return DTensor.from_local(y, like.device_mesh, like.placements, run_check=False, shape=like.shape,
+                              stride=like.stride())
 
 
 def rng_in_sync(group=None, device="cpu") -> bool:

@@ -36,10 +36,11 @@ class NanProbabilityError(ValueError, RuntimeError):
     """p is NaN: PyTorch raises RuntimeError here (from ATen), other bad values ValueError."""
 
 
-def check_p(p, name="p") -> float:
+def check_p(p, name="p", fn="dropout") -> float:
     """Validate a drop probability as torch.nn.functional.dropout does; return it as a float.
 
-    ``name="keep_prob"`` runs the same checks on a keep probability, named so in the errors.
+    ``name="keep_prob"`` runs the same checks on a keep probability, named so in the errors;
+    ``fn`` is the function called, which PyTorch's errors name.
     """
     if type(p) is float and 0.0 <= p <= 1.0:  # the common case, without the ABC checks below
         return p
@@ -47,7 +48,7 @@ def check_p(p, name="p") -> float:
     if isinstance(p, torch.Tensor):
         # Like PyTorch's argument parser: a 0-dim tensor without grad passes as a number.
         if p.dim() != 0 or p.requires_grad:
-            raise TypeError(f"dropout(): argument '{name}' must be float, not Tensor "
+            raise TypeError(f"{fn}(): argument '{name}' must be float, not Tensor "
                             "(a 0-dim tensor that does not require grad is accepted)")
         p = p.item()
     elif isinstance(p, np.generic):
@@ -76,6 +77,12 @@ def row_major(shape) -> tuple:
     return tuple(reversed(strides))
 
 
+def noise_strides(noise_shape) -> tuple:
+    """Row-major strides of ``noise_shape`` with 0 on its size-1 dims: an element's index over a
+    noise shape is ``sum(coord * stride)``, shared along the size-1 dims."""
+    return tuple(0 if s == 1 else st for s, st in zip(noise_shape, row_major(noise_shape)))
+
+
 def signed64(v: int) -> int:
     """A value in [0, 2**64) as the int64 with the same bits (how seeds reach kernels and ops)."""
     return v - UINT64 if v >= 1 << 63 else v
@@ -90,12 +97,15 @@ def check_seed(seed) -> int:
     return seed
 
 
-def check_offset(offset, numel: int) -> int:
+def check_offset(offset, numel: int = 0) -> int:
+    """An offset in [0, 2**64] whose call draws ``numel`` stream elements within the stream."""
     if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):
         raise TypeError(f"offset must be an int in [0, 2**64), but got {type(offset).__name__} {offset!r}")
     offset = int(offset)
     if offset < 0:
         raise ValueError(f"offset must be >= 0, but got {offset}")
+    if offset > UINT64:
+        raise ValueError(f"offset must be at most 2**64 (the stream has 2**64 elements), but got {offset}")
     if offset + numel > UINT64:
         raise ValueError(
             f"offset + numel must be <= 2**64 (the stream has 2**64 elements), but got "

@@ -18,7 +18,6 @@ Signatures follow PyTorch (timm for ``drop_path``); additions are keyword-only.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 
 import torch
@@ -26,9 +25,9 @@ import torch.autograd.forward_ad as _fwd
 from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
 from . import contract, ops
-from .backends import cpu
-from ._dispatch import P_DEFAULT, apply_dropout_add, check_input, resolve_backend, resolve_p, scale_of
-from ._masked import Mask, check_call_args, masked, recording, run, seed_offset
+from ._args import P_DEFAULT, check_call_args, check_input, resolve_noise_shape, resolve_p, scale_of
+from ._masked import Plan, masked, recording, run, seed_offset
+from .backends import cpu, resolve
 
 
 def _assume_constant_result(fn):
@@ -56,34 +55,6 @@ def _masked(input, p, noise_shape, inplace, seed, offset, generator, backend, *,
                   name=name)
 
 
-def _resolve_noise_shape(noise_shape, shape) -> tuple:
-    """``noise_shape`` right-aligned to ``shape`` as broadcasting aligns it: missing leading
-    dims are 1 (shared); None entries take the input's size (as in Keras). Every dim must
-    be 1 or the input's size."""
-    if isinstance(noise_shape, (torch.Tensor, str)) or not hasattr(noise_shape, "__iter__"):
-        raise TypeError(f"noise_shape must be a sequence of ints, but got {type(noise_shape).__name__}")
-    given = tuple(noise_shape)
-    for s in given:
-        # type(s) is int first: the abstract Integral check costs ~1 us a dim on every call
-        if s is not None and type(s) is not int and (isinstance(s, bool)
-                                                     or not isinstance(s, numbers.Integral)):
-            raise TypeError(f"noise_shape must be a sequence of ints (or None), but got {given}")
-    shape = tuple(shape)
-    lead = len(shape) - len(given)
-    out = [1] * lead  # one loop, no generators: this runs on every call (2.7 -> 1.6 us)
-    fits = lead >= 0
-    for s, full in zip(given, shape[lead:] if fits else ()):
-        s = full if s is None else int(s)
-        fits = fits and (s == 1 or s == full)
-        out.append(s)
-    if not fits:
-        raise ValueError(
-            f"noise_shape {given} is not broadcastable to the input's shape {shape}: it needs at most "
-            f"{len(shape)} dims, each 1 or the input's size (None takes the input's size)"
-        )
-    return tuple(out)
-
-
 def _tensor(input, name):
     if not isinstance(input, torch.Tensor) or input.is_nested:
         check_input(input, name)  # raises its TypeError
@@ -98,13 +69,13 @@ def noise_dropout(input, p, noise_shape, training=True, inplace=False, *, seed=N
     mask shared across the batch. Missing leading dims and None entries take the input's
     size. Kept elements are scaled by 1/(1-p). Draws ``prod(noise_shape)`` stream elements.
     """
-    p = contract.check_p(p)
+    p = contract.check_p(p, fn="noise_dropout")
     if has_torch_function_unary(input):
         return handle_torch_function(noise_dropout, (input,), input, p, noise_shape, training, inplace, seed=seed,
                                      offset=offset, generator=generator, backend=backend)
     _tensor(input, "noise_dropout")
     seed, offset = check_call_args(training, seed, offset, generator, backend, "noise_dropout")
-    noise_shape = _resolve_noise_shape(noise_shape, input.shape)
+    noise_shape = resolve_noise_shape(noise_shape, input.shape)
     if not training or p == 0.0:
         return input
     return _masked(input, p, noise_shape, inplace, seed, offset, generator, backend, name="noise_dropout")
@@ -135,7 +106,7 @@ def _feature(input, p, training, inplace, seed, offset, generator, backend, *, b
 def dropout1d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None, seed=None, offset=0,
               generator=None, backend="auto"):
     """Drop-in for ``torch.nn.functional.dropout1d``: zeroes whole channels of (N, C, L) or (C, L)."""
-    p = resolve_p(p, keep_prob)
+    p = resolve_p(p, keep_prob, "dropout1d")
     if has_torch_function_unary(input):
         return handle_torch_function(dropout1d, (input,), input, p, training, inplace, seed=seed, offset=offset,
                                      generator=generator, backend=backend)
@@ -159,7 +130,7 @@ def dropout2d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=Non
 
     As PyTorch: other ranks warn, and a 3-D input is taken as (N, C, L).
     """
-    p = resolve_p(p, keep_prob)
+    p = resolve_p(p, keep_prob, "dropout2d")
     if has_torch_function_unary(input):
         return handle_torch_function(dropout2d, (input,), input, p, training, inplace, seed=seed, offset=offset,
                                      generator=generator, backend=backend)
@@ -190,7 +161,7 @@ def dropout2d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=Non
 def dropout3d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None, seed=None, offset=0,
               generator=None, backend="auto"):
     """Drop-in for ``torch.nn.functional.dropout3d``: zeroes whole channels of (N, C, D, H, W) or (C, D, H, W)."""
-    p = resolve_p(p, keep_prob)
+    p = resolve_p(p, keep_prob, "dropout3d")
     if has_torch_function_unary(input):
         return handle_torch_function(dropout3d, (input,), input, p, training, inplace, seed=seed, offset=offset,
                                      generator=generator, backend=backend)
@@ -220,13 +191,14 @@ def alpha_dropout(input, p=P_DEFAULT, training=False, inplace=False, *, keep_pro
     a = ((1 - p) * (1 + p * alpha**2)) ** -0.5: zero mean and unit variance are kept.
     Rounded as PyTorch rounds it; p == 1 gives zeros, as PyTorch does.
     """
-    p = resolve_p(p, keep_prob)
+    p = resolve_p(p, keep_prob, "alpha_dropout")
     if has_torch_function_unary(input):
         return handle_torch_function(alpha_dropout, (input,), input, p, training, inplace, seed=seed, offset=offset,
                                      generator=generator, backend=backend)
     seed, offset = check_call_args(training, seed, offset, generator, backend, "alpha_dropout")
     if not training or p == 0.0:
         return input
+    check_input(input, "alpha_dropout")  # before its constants are computed in the input's dtype
     return _masked(input, p, None, inplace, seed, offset, generator, backend, alpha=True, name="alpha_dropout")
 
 
@@ -234,7 +206,7 @@ def alpha_dropout(input, p=P_DEFAULT, training=False, inplace=False, *, keep_pro
 def feature_alpha_dropout(input, p=P_DEFAULT, training=False, inplace=False, *, keep_prob=None, seed=None,
                           offset=0, generator=None, backend="auto"):
     """Drop-in for ``torch.nn.functional.feature_alpha_dropout``: alpha dropout of whole channels."""
-    p = resolve_p(p, keep_prob)
+    p = resolve_p(p, keep_prob, "feature_alpha_dropout")
     if has_torch_function_unary(input):
         return handle_torch_function(feature_alpha_dropout, (input,), input, p, training, inplace, seed=seed,
                                      offset=offset, generator=generator, backend=backend)
@@ -251,7 +223,7 @@ def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True, *, seed=None
 
     Kept samples are scaled by 1/(1 - drop_prob) when ``scale_by_keep``.
     """
-    p = contract.check_p(drop_prob)
+    p = contract.check_p(drop_prob, name="drop_prob", fn="drop_path")
     if has_torch_function_unary(x):
         return handle_torch_function(drop_path, (x,), x, p, training, scale_by_keep, seed=seed, offset=offset,
                                      generator=generator, backend=backend)
@@ -267,22 +239,18 @@ def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True, *, seed=None
 # ---- fused residual forms -------------------------------------------------------------------
 
 class _DropoutAdd(torch.autograd.Function):
-    # Saves the Mask only. d/dx = the dropout mask (regenerated), d/dbias = its sum over
+    # Saves the Plan only. d/dx = the dropout mask (regenerated), d/dbias = its sum over
     # the leading dims, d/dresidual = identity.
     @staticmethod
-    def forward(ctx, x, bias, residual, mask):
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        # The fused kernel walks contiguous memory; other layouts are copied first.
-        apply_dropout_add(x.contiguous(), None if bias is None else bias.contiguous(), residual.contiguous(), y,
-                          mask.p, mask.seed, mask.offset, mask.backend)
-        ctx.mask = mask
-        return y
+    def forward(ctx, x, bias, residual, plan):
+        ctx.plan = plan
+        return plan.backend.dropout_add(x, bias, residual, plan.seed, plan.offset, plan.threshold, plan.scale)
 
     @staticmethod
     def backward(ctx, grad):
         gx = gb = gr = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            gx = run(grad, ctx.mask, False)
+            gx = run(grad, ctx.plan, False)
         if ctx.needs_input_grad[1]:
             gb = gx.reshape(-1, gx.shape[-1]).sum(0)
         if ctx.needs_input_grad[2]:
@@ -291,7 +259,7 @@ class _DropoutAdd(torch.autograd.Function):
 
 
 def _dropout_add(x, bias, residual, p, training, seed, offset, generator, backend, name):
-    p = contract.check_p(p)
+    p = contract.check_p(p, fn=name)
     if has_torch_function((x, bias, residual)):
         fn, args = (dropout_add, (x, residual)) if bias is None else (bias_dropout_add, (x, bias, residual))
         return handle_torch_function(fn, (x, bias, residual), *args, p, training, seed=seed, offset=offset,
@@ -319,16 +287,13 @@ def _dropout_add(x, bias, residual, p, training, seed, offset, generator, backen
         # and offset) through the one masked path, with the unfused expression's rounding.
         return residual + masked(x if bias is None else x + bias, p, None, False, seed, offset, generator, backend,
                                  scale=scale_of(p), name=name)
-    backend = resolve_backend(backend, x.device)
-    if backend == "meta":
-        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    seed, offset = seed_offset(seed, offset, x.numel(), p, x.device, generator, backend)
-    if backend == "cpu" and (type(x) is torch.Tensor or type(x) is torch.nn.Parameter):
-        y = cpu.dropout_add(x, bias, residual, seed, offset, contract.keep_threshold(p), scale_of(p))  # C++ node
-        if y is not None:
-            return y
-    mask = Mask(p, seed, offset, backend, None, scale_of(p))
-    return _DropoutAdd.apply(x, bias, residual, mask)
+    be = resolve(backend, x.device)
+    seed, offset = seed_offset(seed, offset, x.numel(), p, x.device, generator, be)
+    plan = Plan(p, seed, offset, be, None, scale_of(p))
+    if be is cpu and (type(x) is torch.Tensor or type(x) is torch.nn.Parameter):
+        # The C++ operator's own autograd node: no Python in the backward.
+        return cpu.dropout_add(x, bias, residual, seed, offset, plan.threshold, plan.scale)
+    return _DropoutAdd.apply(x, bias, residual, plan)
 
 
 @ops.not_scriptable

@@ -9,9 +9,9 @@ import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
 from . import contract, ops
+from ._args import P_DEFAULT, check_call_args, check_input, resolve_noise_shape, resolve_p, scale_of
+from ._masked import masked
 from .backends import cpu
-from ._dispatch import P_DEFAULT, resolve_p, scale_of
-from ._masked import check_call_args, masked
 
 @ops.not_scriptable
 def dropout(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None, noise_shape=None, seed=None,
@@ -28,19 +28,19 @@ def dropout(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None,
     if has_torch_function_unary(input):  # FX proxies and tensor subclasses get the call, as with F.dropout
         return handle_torch_function(dropout, (input,), input, p, training, inplace, noise_shape=noise_shape,
                                      seed=seed, offset=offset, generator=generator, backend=backend)
-    if noise_shape is not None:
-        from .family import noise_dropout  # the family builds on this module
-        return noise_dropout(input, p, noise_shape, training, inplace, seed=seed, offset=offset,
-                             generator=generator, backend=backend)
     seed, offset = check_call_args(training, seed, offset, generator, backend)
+    if noise_shape is not None:
+        if not isinstance(input, torch.Tensor) or input.is_nested:
+            check_input(input)  # raises its TypeError
+        noise_shape = resolve_noise_shape(noise_shape, input.shape)
     if not training or p == 0.0:
         return input
-    return masked(input, p, None, inplace, seed, offset, generator, backend, scale=scale_of(p))
+    return masked(input, p, noise_shape, inplace, seed, offset, generator, backend, scale=scale_of(p))
 
 
 def dropout_mask(shape, p, *, seed, offset=0, device="cpu"):
     """The boolean keep mask that ``dropout`` applies with this seed and offset."""
-    p = contract.check_p(p)
+    p = contract.check_p(p, fn="dropout_mask")
     shape = torch.Size(shape)
     if any(d < 0 for d in shape):
         raise ValueError(f"dropout_mask(): shape must have no negative dimension, but got {tuple(shape)}")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import family, functional
-from ._dispatch import FLOAT_DTYPES
+from ._args import FLOAT_DTYPES
 from .modules import (AlphaDropout, Dropout, Dropout1d, Dropout2d, Dropout3d, DropPath, FeatureAlphaDropout,
                       NoiseDropout, StochasticDepth)
 

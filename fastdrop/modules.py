@@ -14,7 +14,7 @@ from torch import nn
 
 from . import family, ops
 from . import functional as F
-from ._dispatch import P_DEFAULT, resolve_p
+from ._args import P_DEFAULT, resolve_p
 
 
 class Dropout(nn.Dropout):

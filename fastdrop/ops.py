@@ -13,8 +13,9 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from . import contract
-from ._dispatch import apply_mask, resolve_backend
+from . import _rng, contract
+from ._args import broadcast_noise, noise_count, scale_of
+from .backends import resolve
 
 @torch.library.custom_op("fastdrop::dropout", mutates_args=())
 def dropout_op(x: torch.Tensor, p: float, seed: torch.Tensor, offset: int, backend: str,
@@ -25,13 +26,12 @@ def dropout_op(x: torch.Tensor, p: float, seed: torch.Tensor, offset: int, backe
     on another.
     """
     if noise_shape is not None:  # -1: the input's size (a trace follows the input's shape)
-        noise_shape = tuple(x.shape[d] if s < 0 else s for d, s in enumerate(noise_shape))
-    offset = contract.check_offset(offset % contract.UINT64, x.numel() if noise_shape is None else
-                                   math.prod(noise_shape))
+        noise_shape = tuple(broadcast_noise(list(noise_shape), list(x.shape)))
+    offset = contract.check_offset(offset % contract.UINT64, noise_count(noise_shape, x.numel()))
     # A seed on the GPU stays there (the kernel reads it): no host sync, and CUDA graphs work.
     key = int(seed.item()) % contract.UINT64 if seed.device.type == "cpu" else seed
-    return apply_mask(x, torch.empty_like(x), p, key, offset, resolve_backend(backend, x.device),
-                      noise_shape=noise_shape, scale=scale, affine=None if affine is None else tuple(affine))
+    return resolve(backend, x.device).apply(x, torch.empty_like(x), key, offset, contract.keep_threshold(p), scale,
+                                            noise_shape=noise_shape, affine=None if affine is None else tuple(affine))
 
 
 @dropout_op.register_fake
@@ -58,13 +58,8 @@ def traced_dropout(x, p, inplace, seed, offset, backend, noise_shape, scale, aff
     not a constant."""
     if seed is None:
         # Traced as a random op of the graph, so each run draws anew and torch.manual_seed
-        # reproduces it. Compiled: 62 bits keep the bound inside every backend's randint.
-        # Otherwise the eager CPU draw itself (_rng), so that under a dispatch mode
-        # (FlopCounterMode, make_fx) or jit.trace a CPU call draws the mask it draws eagerly.
-        if torch.compiler.is_compiling():
-            seed_t = torch.randint(0, 1 << 62, (1,), dtype=torch.int64, device=x.device)
-        else:
-            seed_t = torch.empty(1, dtype=torch.int64, device=x.device).random_()
+        # reproduces it.
+        seed_t = _rng.graph_seed(x.device, torch.compiler.is_compiling())
     else:
         seed_t = torch.tensor([contract.signed64(seed)], dtype=torch.int64, device=x.device)
     if noise_shape is not None:
@@ -106,25 +101,14 @@ def scripted(x: torch.Tensor, p: float, training: bool, inplace: bool, kind: str
 
     ``kind``: "dropout" (with ``noise_shape``: NoiseDropout), "dropout1d/2d/3d" (one bit per
     (N, C); unbatched inputs one per C), "alpha", "feature_alpha", "drop_path", "batch" (one
-    bit for the whole input). The module
-    checked p when it was built.
+    bit for the whole input). The module checked p when it was built.
     """
     if not training or p == 0.0 or x.numel() == 0:
         return x
     noise: Optional[List[int]] = None
-    if noise_shape is not None:  # right-aligned, None entries take the input's size
-        lead = x.dim() - len(noise_shape)
-        if lead < 0:
-            raise ValueError("noise_shape has more dims than the input")
-        noise = [1] * lead
-        for i, s in enumerate(noise_shape):
-            size = x.shape[lead + i]
-            v = size if s is None else s
-            if v != 1 and v != size:
-                raise ValueError("noise_shape is not broadcastable to the input: each dim must be 1 or the "
-                                 "input's size")
-            noise.append(v)
-    scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
+    if noise_shape is not None:
+        noise = broadcast_noise(noise_shape, x.shape)
+    scale = scale_of(p)
     affine: Optional[List[float]] = None
     if kind == "batch":  # torchvision's StochasticDepth(mode="batch"): one bit for the whole input
         noise = [1] * x.dim()
@@ -146,8 +130,7 @@ def scripted(x: torch.Tensor, p: float, training: bool, inplace: bool, kind: str
         a, add, drop = alpha_constants(p, x.dtype)
         scale = a
         affine = [add, drop]
-    seed = torch.randint(0, 1 << 62, [1], dtype=torch.int64, device=x.device)
-    y = torch.ops.fastdrop.dropout(x, p, seed, 0, "auto", noise, scale, affine)
+    y = torch.ops.fastdrop.dropout(x, p, _rng.scripted_seed(x.device), 0, "auto", noise, scale, affine)
     if inplace:
         return x.copy_(y)
     return y

@@ -9,8 +9,7 @@ the unfused ``residual + dropout(x + bias)`` moves 7 (9 with a stored mask).
 import triton
 import triton.language as tl
 
-from ..contract import signed64
-from .dropout import BLOCK, NUM_WARPS, WORDS, _cdiv, _contiguous_block, _f64, _float_bits, vec_of
+from .dropout import _contiguous_block, _f64
 
 
 @triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits"])
@@ -31,24 +30,3 @@ def _dropout_add_kernel(
     v = tl.where(keep, v * _f64(scale_bits).to(ct), 0.0)
     v = v + tl.load(R_ptr + start + offs, mask=inb).to(ct)
     tl.store(Y_ptr + start + offs, v.to(Y_ptr.dtype.element_ty), mask=inb)
-
-
-def launch(x, bias, residual, y, seed, offset, threshold, scale, block=BLOCK):
-    """y = residual + dropout(x + bias); x, residual, y contiguous of one shape, bias (x.shape[-1],) or None."""
-    n = x.numel()
-    if n == 0:
-        return y
-    for name, t in (("x", x), ("residual", residual), ("y", y), ("bias", bias)):
-        if t is not None and not t.is_contiguous():
-            raise ValueError(f"dropout_add kernel: {name} must be contiguous")
-    seed_ptr = not isinstance(seed, int)  # a device tensor under CUDA-graph capture
-    seed = seed if seed_ptr else signed64(seed)
-    base, shift = divmod(offset, WORDS)
-    width = x.shape[-1] if x.dim() else 1
-    grid = (_cdiv(n + shift, block),)
-    # No fp fusion: (x + bias) * scale + residual rounds like the CPU path's separate ops.
-    _dropout_add_kernel[grid](x, x if bias is None else bias, residual, y, n, width,
-                              seed, base, threshold, _float_bits(scale), SHIFT=shift, HAS_BIAS=bias is not None,
-                              BLOCK=block, SEED_PTR=seed_ptr, VEC=vec_of(x), num_warps=NUM_WARPS,
-                              enable_fp_fusion=False)
-    return y

@@ -222,12 +222,17 @@ def test_keep_prob_equals_p(keep_prob):
     b = fastdrop.dropout(x, 1 - keep_prob, seed=17)
     assert torch.equal(a, b)
     mod = fastdrop.Dropout(keep_prob=keep_prob)
-    assert mod.p == 1 - keep_prob
+    assert mod.p == float(f"{1 - keep_prob:.15g}")  # 1 - keep_prob to 15 digits: 0.1, not 0.09999999999999998
     torch.manual_seed(5)
     c = mod(x)
     torch.manual_seed(5)
     d = fastdrop.Dropout(1 - keep_prob)(x)
     assert torch.equal(c, d)
+
+
+def test_keep_prob_reprs_as_its_p():
+    assert repr(fastdrop.Dropout(keep_prob=0.9)) == "Dropout(p=0.1, inplace=False)"
+    assert repr(fastdrop.Dropout2d(keep_prob=0.7)) == "Dropout2d(p=0.3, inplace=False)"
 
 
 def test_keep_prob_09_mask_is_p_01_mask():

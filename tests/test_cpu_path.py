@@ -71,7 +71,7 @@ def test_compiled_pass_equals_torch_ops(dtype, layout, noise, affine):
     inplace = x.clone()
     cpu.apply(inplace, inplace, seed, offset, t, scale, noise_shape=noise_shape, affine=aff)
     assert_bitwise_equal(inplace, torch_ops_result(x, x.stride(), seed, offset, t, scale, noise_shape, aff))
-    fresh = cpu.dropout(x, seed, offset, t, scale, noise_shape, aff)  # the operator: x's layout
+    fresh = cpu.fresh(x, seed, offset, t, scale, noise_shape, aff)  # the operator: x's layout
     assert fresh.stride() == torch.empty_like(x).stride()
     assert_bitwise_equal(fresh, torch_ops_result(x, fresh.stride(), seed, offset, t, scale, noise_shape, aff))
 
@@ -120,7 +120,7 @@ def test_16_bit_widening_equals_torch_for_every_value(dtype):
     # A keep-all dropout is widen, scale, narrow: every value, NaN payloads included.
     x = ALL16.view(dtype)
     for scale in (1.0, 3.0, 2.0**-20):
-        assert_bitwise_equal(cpu.dropout(x, 0, 0, 2**32, scale), (x.float() * scale).to(dtype))
+        assert_bitwise_equal(cpu.fresh(x, 0, 0, 2**32, scale), (x.float() * scale).to(dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -148,8 +148,8 @@ x = torch.randn(3, 40001, generator=torch.Generator().manual_seed(0))
 out = []
 for dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
     v = x.to(dt)
-    out += [cpu.dropout(v, 5, 3, 2**31, 1.7), cpu.dropout(v.t(), 5, 3, 2**31, 1.7),
-            cpu.dropout(v, 5, 3, 2**31, 1.7, None, (0.25, -1.5)), cpu.dropout(v, 5, 3, 2**31, 1.7, (3, 1)),
+    out += [cpu.fresh(v, 5, 3, 2**31, 1.7), cpu.fresh(v.t(), 5, 3, 2**31, 1.7),
+            cpu.fresh(v, 5, 3, 2**31, 1.7, None, (0.25, -1.5)), cpu.fresh(v, 5, 3, 2**31, 1.7, (3, 1)),
             cpu.dropout_add(v, v[0], v, 5, 3, 2**31, 1.7)]
 f = torch.randint(-2**31, 2**31 - 1, (100_000,), generator=torch.Generator().manual_seed(1), dtype=torch.int32)
 for dt in (torch.float16, torch.bfloat16):
@@ -187,10 +187,10 @@ def test_threads_give_the_bits_of_one_thread(dtype, layout, noise):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        want = cpu.dropout(x, 11, 3, t, scale, noise_shape)
+        want = cpu.fresh(x, 11, 3, t, scale, noise_shape)
         for threads in (2, 3):
             torch.set_num_threads(threads)
-            assert_bitwise_equal(cpu.dropout(x, 11, 3, t, scale, noise_shape), want)
+            assert_bitwise_equal(cpu.fresh(x, 11, 3, t, scale, noise_shape), want)
             y = torch.empty_like(x)
             assert_bitwise_equal(cpu.apply(x, y, 11, 3, t, scale, noise_shape=noise_shape), want)
     finally:

@@ -46,7 +46,7 @@ def test_keep_prob_accepts_what_p_accepts(value):
     keep = float(value.item() if isinstance(value, (torch.Tensor, np.generic)) else value)
     by_keep = fastdrop.dropout(x, p=1.0 - keep, seed=5)  # the same mask as p = 1 - keep_prob
     assert torch.equal(fastdrop.dropout(x, keep_prob=value, seed=5), by_keep)
-    assert fastdrop.Dropout(keep_prob=value).p == 1.0 - keep
+    assert fastdrop.Dropout(keep_prob=value).p == float(f"{1.0 - keep:.15g}")
     if keep in (0.0, 1.0):
         assert torch.equal(by_p, x if not keep else torch.zeros_like(x))  # p is the complement here
 
@@ -55,15 +55,17 @@ def test_keep_prob_accepts_what_p_accepts(value):
     (torch.tensor(1.5), ValueError, "keep_prob has to be between 0 and 1, but got 1.5"),
     (float("nan"), ValueError, "keep_prob has to be between 0 and 1, but got nan"),
     ("0.7", TypeError, "keep_prob must be a real number in [0, 1], but got str '0.7'"),
-    (torch.tensor([0.7]), TypeError, "dropout(): argument 'keep_prob' must be float, not Tensor "
+    (torch.tensor([0.7]), TypeError, "{fn}(): argument 'keep_prob' must be float, not Tensor "
                                      "(a 0-dim tensor that does not require grad is accepted)"),
 ])
 def test_keep_prob_error_names_it(value, exc, text):
-    for fn in (lambda: fastdrop.dropout(torch.ones(3), keep_prob=value), lambda: fastdrop.Dropout(keep_prob=value),
-               lambda: fastdrop.dropout2d(torch.ones(2, 2, 2), keep_prob=value)):
+    # A tensor's error names the function called, as PyTorch's argument parser does.
+    for name, fn in (("dropout", lambda: fastdrop.dropout(torch.ones(3), keep_prob=value)),
+                     ("dropout", lambda: fastdrop.Dropout(keep_prob=value)),
+                     ("dropout2d", lambda: fastdrop.dropout2d(torch.ones(2, 2, 2), keep_prob=value))):
         with pytest.raises(exc) as got:
             fn()
-        assert str(got.value) == text
+        assert str(got.value) == text.format(fn=name)
 
 
 def test_keep_prob_tensor_is_its_value():
@@ -146,7 +148,7 @@ def test_philox_rounds_bounds_are_variants():
 
 ENTRY_POINTS = {
     "dropout": lambda t: fastdrop.dropout(t, 0.5),
-    "noise_dropout": lambda t: fastdrop.dropout(t, 0.5, noise_shape=(1, 1, 3)),
+    "noise_dropout": lambda t: fastdrop.noise_dropout(t, 0.5, (1, 1, 3)),
     "dropout1d": lambda t: fastdrop.dropout1d(t, 0.5),
     "alpha_dropout": lambda t: fastdrop.alpha_dropout(t, 0.5, True),
     "drop_path": lambda t: fastdrop.DropPath(0.5)(t),

@@ -20,9 +20,9 @@ from torch import nn
 
 import fastdrop
 import fastdrop.family as fam
-from fastdrop import _dispatch, contract
+from fastdrop import contract
 from fastdrop.backends import cpu
-from fastdrop.kernels import dropout as kdrop
+from fastdrop.backends import triton as launcher
 from reference import (FLOAT_DTYPES, Z_BOUND, assert_bitwise_equal, binomial_z, keep_element, nonzero_randn,
                        reference_mask, scaled, ulp_distance)
 
@@ -448,8 +448,8 @@ def test_kernel_mask_does_not_depend_on_the_tile(block):
     for x_ in (x, x.to(memory_format=torch.channels_last)):
         for noise in ((6, 5, 1, 1), (1, 5, 3, 1)):
             y = torch.empty_like(x_)
-            kdrop.launch(x_, y, SEED, 1, contract.keep_threshold(0.5), 2.0, block=block,
-                         mask_strides=_dispatch.mask_strides(noise))
+            launcher.launch(x_, y, SEED, 1, contract.keep_threshold(0.5), 2.0, block=block,
+                              mask_strides=contract.noise_strides(noise))
             assert_bitwise_equal(y.cpu(), noise_reference(x_.cpu(), 0.5, noise, SEED, 1))
 
 

@@ -93,11 +93,12 @@ def strided_grouped_and_broadcast_kernels_compile():
 
 
 def residual_kernel_compiles():
+    from fastdrop.kernels import dropout as K
     from fastdrop.kernels import residual as R
     sig = {"X_ptr": "*fp16", "B_ptr": "*fp16", "R_ptr": "*fp16", "Y_ptr": "*fp16",
            **scalars(["n", "H", "seed", "base", "threshold", "scale_bits"], False)}
     compile_ptx(R._dropout_add_kernel, sig,
-                {"SHIFT": 0, "HAS_BIAS": True, "BLOCK": R.BLOCK, "SEED_PTR": False, "VEC": 8},
+                {"SHIFT": 0, "HAS_BIAS": True, "BLOCK": K.BLOCK, "SEED_PTR": False, "VEC": 8},
                 ["X_ptr", "B_ptr", "R_ptr", "Y_ptr", "n"])
 
 

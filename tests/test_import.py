@@ -78,3 +78,56 @@ def test_kernels_resolves_past_the_checkout():
         assert origin is not None and "site-packages" in origin, origin
     import fastdrop.kernels.dropout
     assert Path(fastdrop.kernels.dropout.__file__).resolve() == ROOT / "kernels" / "dropout.py"
+
+
+def _imports_of(path: Path, package: str) -> set:
+    """fastdrop modules a file imports, at module level or inside functions."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    here = package.split(".")
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = here[:len(here) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            if node.level == 0 and not module.startswith("fastdrop"):
+                continue
+            for alias in node.names:  # `from . import x` imports module x where there is one
+                found.add(f"{module}.{alias.name}" if module else alias.name)
+                found.add(module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("fastdrop"))
+    return found
+
+
+def test_no_import_cycles():
+    # A module of fastdrop never reaches itself through the modules it imports.
+    pkg = ROOT / "fastdrop"
+    modules = {}
+    for path in pkg.rglob("*.py"):
+        rel = path.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        package = name if rel.name == "__init__" else name.rpartition(".")[0]
+        modules[name] = path, package
+    graph = {name: {m for m in _imports_of(path, package) if m in modules and m != name}
+             for name, (path, package) in modules.items()}
+    # A package imports its own __init__ anyway: an edge to a parent package is not a cycle.
+    graph = {n: {m for m in deps if not n.startswith(m + ".")} for n, deps in graph.items()}
+    state, stack = {}, []
+
+    def visit(n):
+        state[n] = "open"
+        stack.append(n)
+        for m in sorted(graph[n]):
+            if state.get(m) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(m):] + [m]))
+            if m not in state:
+                visit(m)
+        stack.pop()
+        state[n] = "done"
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n)
+    assert "fastdrop._masked" in graph and graph["fastdrop._masked"], "the import graph was not read"

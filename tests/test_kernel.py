@@ -17,6 +17,7 @@ from reference import (FLOAT_DTYPES, KAT_VECTORS, assert_bitwise_equal, keep_ele
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
+from fastdrop.backends import triton as launcher  # noqa: E402
 from fastdrop.kernels import dropout as kernels  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
@@ -118,7 +119,7 @@ def test_block_size_does_not_change_result(block, offset, make):
     x = base if make == "contiguous" else base.t()
     xd = on_device(x)
     y = torch.empty_like(xd)
-    kernels.launch(xd, y, seed, offset, *_launch_args(p), block=block)
+    launcher.launch(xd, y, seed, offset, *_launch_args(p), block=block)
     assert_kernel_matches(y, fastdrop.dropout(x, p, seed=seed, offset=offset, backend="cpu"))
     y_default = fastdrop.dropout(xd, p, seed=seed, offset=offset, backend="triton")
     assert_bitwise_equal(y, y_default)
@@ -128,7 +129,7 @@ def test_launch_threshold_full_keeps_all():
     # p == 0 reaches the kernel only through launch(): threshold 2**32 keeps every element.
     x = on_device(nonzero_randn((1000,), torch.float32))
     y = torch.empty_like(x)
-    kernels.launch(x, y, 1, 0, *_launch_args(0.0))
+    launcher.launch(x, y, 1, 0, *_launch_args(0.0))
     assert_bitwise_equal(y, x)
 
 
@@ -225,7 +226,7 @@ def test_grouped_kernel_equals_cpu_path(shape, dtype, offset, kernels_run):
 
 
 def test_grouped_kernel_64_bit_indices_and_alpha(monkeypatch, kernels_run):
-    monkeypatch.setattr(kernels, "INDEX32_LIMIT", 0)  # every offset takes the 64-bit path
+    monkeypatch.setattr(launcher, "INDEX32_LIMIT", 0)  # every offset takes the 64-bit path
     x = GROUPED["channels_last"](torch.float32)
     for fn in (fastdrop.dropout, fastdrop.alpha_dropout):
         kw = dict(training=True) if fn is fastdrop.alpha_dropout else {}
@@ -265,7 +266,7 @@ def test_bcast_kernel_equals_cpu_path(case, dtype, offset, kernels_run):
 
 
 def test_bcast_kernel_64_bit_indices(monkeypatch, kernels_run):
-    monkeypatch.setattr(kernels, "INDEX32_LIMIT", 0)
+    monkeypatch.setattr(launcher, "INDEX32_LIMIT", 0)
     for case in ("channels_last", "contiguous"):
         make, noise, _ = BCAST[case]
         x = make(torch.float32)

@@ -17,7 +17,6 @@ contract's keep bits (``fastdrop.contract``, numpy): correct, slower.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
@@ -73,6 +72,8 @@ def build(path: Path | None = None) -> Path:
     unless another process has just done so; returns the path."""
     if not sys.platform.startswith("linux"):
         raise RuntimeError(f"the C++ CPU operators are built on Linux only (this is {sys.platform})")
+    import fcntl  # Unix's
+
     path = path or library_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
@@ -122,7 +123,7 @@ def _signed(v: int) -> int:
 
 # ---- what the library calls --------------------------------------------------------------------
 
-def dropout(x, seed: int, offset: int, threshold: int, scale: float, noise_shape=None, affine=None):
+def fresh(x, seed: int, offset: int, threshold: int, scale: float, noise_shape=None, affine=None):
     """A fresh y = dropout(x) with x's layout, through the operator's C++ autograd node where
     autograd records; None where the operators are not built."""
     lib = ops()
@@ -167,7 +168,7 @@ def dropout_add(x, bias, residual, seed: int, offset: int, threshold: int, scale
     output; through the operator's C++ autograd node where autograd records."""
     lib = ops()
     if lib is None:
-        return None
+        return dropout_add_torch(x, bias, residual, seed, offset, threshold, scale)
     return lib.dropout_add(x, bias, residual, _signed(seed), _signed(offset), threshold, scale)
 
 
