@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import family, ops
+from . import contract, family, ops
 from . import functional as F
 from ._args import P_DEFAULT, resolve_p
 
@@ -98,7 +98,9 @@ class DropPath(nn.Module):
             if drop_prob != 0.0:
                 raise ValueError(f"give drop_prob or keep_prob, not both (got drop_prob={drop_prob}, "
                                  f"keep_prob={keep_prob})")
-            drop_prob = resolve_p(P_DEFAULT, keep_prob)
+            drop_prob = resolve_p(P_DEFAULT, keep_prob, "DropPath")
+        else:
+            contract.check_p(drop_prob, name="drop_prob", fn="DropPath")  # when built, as nn.Dropout checks p
         self.drop_prob = drop_prob
         self.scale_by_keep = scale_by_keep
 
@@ -142,11 +144,20 @@ class StochasticDepth(nn.Module):
     (one keep bit per sample, as ``DropPath``), ``mode="batch"`` the whole input (one bit).
 
     Kept inputs are scaled by 1/(1-p); ``p == 1`` gives zeros. ``p`` and ``mode`` are checked
-    in forward with torchvision's texts, as torchvision checks them.
+    in forward with torchvision's texts, as torchvision checks them. ``keep_prob`` (= 1 - p)
+    may be given instead of ``p``.
     """
 
-    def __init__(self, p: float, mode: str) -> None:
+    def __init__(self, p: float | None = None, mode: str | None = None, *, keep_prob: float | None = None) -> None:
         super().__init__()
+        if keep_prob is not None:
+            if p is not None:
+                raise ValueError(f"give p or keep_prob, not both (got p={p}, keep_prob={keep_prob})")
+            p = resolve_p(P_DEFAULT, keep_prob, "StochasticDepth")
+        for name, value in (("p", p), ("mode", mode)):  # required, as in torchvision's signature
+            if value is None:
+                raise TypeError(f"StochasticDepth.__init__() missing 1 required argument: '{name}'"
+                                + (" (or keep_prob)" if name == "p" else ""))
         self.p = p
         self.mode = mode
 

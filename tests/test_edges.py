@@ -218,3 +218,61 @@ def test_export_load_needs_import(tmp_path):
     loaded = torch.export.load(path).module()  # fastdrop is imported here: it loads and runs
     y, dense = loaded(x), model[0](x).detach()
     assert torch.all((y == 0) | torch.isclose(y, 2 * dense)) and 0 < int((y == 0).sum()) < y.numel()
+
+
+# ---- found by a new user's probe ------------------------------------------------------------
+
+@pytest.mark.parametrize("fn", [lambda v: fastdrop.alpha_dropout(v, 0.5, True),
+                                lambda v: fastdrop.feature_alpha_dropout(v, 0.5, True)])
+@pytest.mark.parametrize("value", [torch.ones(2, 3, dtype=torch.int64), torch.ones(2, 3, dtype=torch.bool),
+                                   torch.ones(2, 3).to(torch.float8_e4m3fn), [[1.0, 2.0]]], ids=repr)
+def test_alpha_forms_refuse_bad_input_with_a_type_error(fn, value):
+    # The input is checked before alpha's constants are computed in its dtype.
+    with pytest.raises(TypeError, match="must be a Tensor|expected a floating-point input"):
+        fn(value)
+
+
+def test_offset_past_the_stream_says_so():
+    with pytest.raises(ValueError, match=r"offset must be at most 2\*\*64 .* but got 18446744073709551621$"):
+        fastdrop.dropout(torch.ones(16), 0.5, seed=1, offset=2**64 + 5)
+    with pytest.raises(ValueError, match="offset=18446744073709551610 and numel=16"):
+        fastdrop.dropout(torch.ones(16), 0.5, seed=1, offset=2**64 - 6)
+
+
+@pytest.mark.parametrize("name,call", [
+    ("dropout1d", lambda p: fastdrop.dropout1d(torch.ones(2, 3, 4), p)),
+    ("dropout2d", lambda p: fastdrop.dropout2d(torch.ones(2, 3, 4, 4), p)),
+    ("dropout3d", lambda p: fastdrop.dropout3d(torch.ones(2, 3, 2, 4, 4), p)),
+    ("alpha_dropout", lambda p: fastdrop.alpha_dropout(torch.ones(4), p, True)),
+    ("feature_alpha_dropout", lambda p: fastdrop.feature_alpha_dropout(torch.ones(2, 3, 4), p, True)),
+])
+def test_a_tensor_p_error_names_the_function_called(name, call):
+    with pytest.raises(TypeError, match=rf"^{name}\(\): argument 'p' must be float, not Tensor"):
+        call(torch.tensor([0.5]))
+
+
+def test_every_module_takes_keep_prob():
+    # Each module built with keep_prob=0.75 is the module with p (drop_prob) 0.25: same p, same mask.
+    x = torch.randn(4, 3, 8, 8)
+    twins = [(fastdrop.StochasticDepth(keep_prob=0.75, mode="row"), fastdrop.StochasticDepth(0.25, "row")),
+             (fastdrop.DropPath(keep_prob=0.75), fastdrop.DropPath(0.25)),
+             (fastdrop.NoiseDropout(keep_prob=0.75), fastdrop.NoiseDropout(0.25)),
+             (fastdrop.Dropout2d(keep_prob=0.75), fastdrop.Dropout2d(0.25)),
+             (fastdrop.AlphaDropout(keep_prob=0.75), fastdrop.AlphaDropout(0.25))]
+    for by_keep, by_p in twins:
+        assert repr(by_keep) == repr(by_p)
+        torch.manual_seed(3)
+        got = by_keep.train()(x)
+        torch.manual_seed(3)
+        assert torch.equal(got, by_p.train()(x)), type(by_p).__name__
+    with pytest.raises(ValueError, match="give p or keep_prob, not both"):
+        fastdrop.StochasticDepth(0.1, "row", keep_prob=0.9)
+    with pytest.raises(TypeError, match="missing 1 required argument: 'mode'"):
+        fastdrop.StochasticDepth(0.1)
+
+
+def test_drop_path_checks_its_probability_when_built():
+    # As Dropout(nan) does: a bad value fails where it is given, not at the first forward.
+    for bad, exc in ((float("nan"), ValueError), (1.5, ValueError), ("0.1", TypeError)):
+        with pytest.raises(exc, match="drop_prob"):
+            fastdrop.DropPath(bad)
