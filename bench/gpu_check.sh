@@ -6,6 +6,7 @@
 #   bench/gpu_check.sh OUTDIR                         # the default stages
 #   STAGES="tests" bench/gpu_check.sh OUTDIR          # a chosen few (see STAGES below)
 #   STAGES="train" bench/gpu_check.sh OUTDIR          # the real-model training steps (about 6 min)
+#   STAGES="layouts" bench/gpu_check.sh OUTDIR        # the static check's calls measured (75 s)
 #   QUICK=1 bench/gpu_check.sh OUTDIR                 # rehearsal on a CPU (interpreter, quick sweeps)
 #   PYTHON=python3.12 COMMIT=<sha> bench/gpu_check.sh OUTDIR
 #
@@ -22,6 +23,7 @@
 #   overhead.log     host time per call at 2^12 (python -m bench.gpu_overhead)
 #   static_check.md/.json                        the static model of the kernels (sm_90 SASS)
 #   train_step.log, train_step.csv               STAGES=train only
+#   layouts.log, layouts/<device>.csv/.md        STAGES=layouts only (after static)
 #
 # On the device tool (at most 8 files come back), for example:
 #   COMMIT=<sha> bench/gpu_check.sh /tmp/gc; tar czf $OUT/gpu_check.tgz -C /tmp/gc .; cp /tmp/gc/{gpu_check.log,summary.txt} $OUT/
@@ -35,7 +37,7 @@ quick=${QUICK:-0}
 STAGES=${STAGES:-env tests sanitizer bench overhead static report}
 # Limits, seconds. The default stages: 30 + 150 + 2 x 30 + 45 + 20 + 25 + 10 = 340.
 declare -A limit=([env]=30 [tests]=${TESTS_S:-150} [sanitizer]=30 [bench]=45 [overhead]=20 [static]=25
-                  [report]=10 [train]=360)
+                  [report]=10 [train]=360 [layouts]=75)
 workers=${WORKERS:-14}  # of the GPU machine's 16 cores; the controller and the compiler take the rest
 
 cd "$repo"  # the checkout's root first on sys.path: fastdrop (with fastdrop/kernels) and bench
@@ -142,6 +144,15 @@ EOF
         : > "$out/report.md"
         run report "${limit[report]}" "$out/report.md" "$py" -m bench.report "$out"
         ;;
+    layouts)
+        static=()
+        [ -f "$out/static_check.json" ] && static=(--static "$out/static_check.json")
+        lq=()
+        [ "$quick" = 1 ] && lq=(--quick)
+        : > "$out/layouts.log"
+        run layouts "${limit[layouts]}" "$out/layouts.log" "$py" -m bench.layouts --out "$out" "${static[@]}" \
+            --budget $((${limit[layouts]} - 25)) "${lq[@]}"
+        ;;
     train)
         tq=()
         [ "$quick" = 1 ] && tq=(--quick)
@@ -150,7 +161,7 @@ EOF
             --csv "$out/train_step.csv" --budget $((${limit[train]} - 20)) "${tq[@]}"
         ;;
     *)
-        log "unknown stage $stage (known: env tests sanitizer bench overhead static report train)"
+        log "unknown stage $stage (known: env tests sanitizer bench overhead static report train layouts)"
         ;;
     esac
 done

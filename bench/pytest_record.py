@@ -114,6 +114,7 @@ class Recorder:
         the run does: then it is an error, the likely hang)."""
         self.written = time.time()
         counts = {k: sum(1 for o in self.outcomes.values() if o == k) for k in ("failed", "error", "skipped")}
+        counts["error"] += sum(1 for o in self.outcomes.values() if o == "running")  # written as <error>
         suite = ET.Element("testsuite", name="fastdrop", tests=str(len(self.cases)), failures=str(counts["failed"]),
                            errors=str(counts["error"]), skipped=str(counts["skipped"]),
                            time=f"{self.written - self.start:.1f}")

@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r'''
@@ -121,3 +124,37 @@ def test_direct_launches_pass_what_tritons_own_launch_passes():
                           check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("ok ") >= 45 and "fallback ok" in done.stdout, done.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_on_the_gpu_direct_launches_give_tritons_bits(dtype):
+    import fastdrop
+    from fastdrop.backends import triton as T
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(4, 6, 8, 16, device="cuda", generator=g).to(dtype)
+    calls = {
+        "contiguous": lambda: fastdrop.dropout(x, 0.3, seed=5, offset=3),
+        "channels-last": lambda: fastdrop.dropout(x.to(memory_format=torch.channels_last), 0.3, seed=5),
+        "transposed": lambda: fastdrop.dropout(x.view(24, 128).t(), 0.3, seed=5),
+        "dropout2d": lambda: fastdrop.dropout2d(x, 0.3, seed=5),
+        "noise (1, C, H, 1)": lambda: fastdrop.dropout(x, 0.3, noise_shape=(1, 6, 8, 1), seed=5),
+        "alpha": lambda: fastdrop.alpha_dropout(x, 0.3, True, seed=5),
+        "bias_dropout_add": lambda: fastdrop.bias_dropout_add(x, x[0, 0, 0], x, 0.3, seed=5),
+        "backward": lambda: torch.autograd.grad(fastdrop.dropout(x.requires_grad_(), 0.3, seed=5), x,
+                                                torch.ones_like(x))[0],
+    }
+    try:
+        for name, call in calls.items():
+            call()  # learns the launch
+            T.DIRECT = True
+            direct = call()
+            T.DIRECT = False
+            ref = call()
+            T.DIRECT = True
+            ints = {2: torch.int16, 4: torch.int32}[x.element_size()]
+            assert torch.equal(direct.contiguous().view(ints), ref.contiguous().view(ints)), name
+    finally:
+        T.DIRECT = True
+    assert any(run is not None for run in T._direct.values()), "no direct launch was learned"
