@@ -10,10 +10,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
-# The CPU operators (fastdrop/backends/cpu/ops.cpp) built for this torch into fastdrop's cache
-# folder, which the first CPU call would otherwise do (about 20 s). Rebuilt when they change.
-$(VENV)/.built: $(VENV)/.installed fastdrop/backends/cpu/ops.cpp fastdrop/backends/cpu/__init__.py
-	$(BIN)/python -m fastdrop.backends.cpu
+# The C++ operators (fastdrop/csrc) built for this machine and torch into fastdrop's cache folder,
+# which the first call would otherwise do. Rebuilt when they change.
+$(VENV)/.built: $(VENV)/.installed $(wildcard fastdrop/csrc/*) fastdrop/_library.py
+	$(BIN)/python -m fastdrop.build
 	touch $@
 
 .PHONY: bench bench-full test test-slow

@@ -9,7 +9,6 @@ import numbers
 import sys
 from typing import List, Optional
 
-import numpy as np
 import torch
 
 from . import contract
@@ -29,6 +28,12 @@ class _DefaultP(float):
 
 
 P_DEFAULT = _DefaultP(0.5)
+NO_GRAD_VIEW_INPLACE = (
+    "A view was created in no_grad mode and is being modified inplace with grad mode enabled. Given that this use "
+    "case is ambiguous and error-prone, it is forbidden. You can clarify your code by moving both the view and the "
+    "inplace either both inside the no_grad block (if you don't want the inplace to be tracked) or both outside (if "
+    "you want the inplace to be tracked).")  # PyTorch's text
+_NO_GRAD_VIEW = torch._C._autograd.CreationMeta.NO_GRAD_MODE
 
 
 def resolve_p(p, keep_prob, fn="dropout") -> float:
@@ -44,10 +49,6 @@ def resolve_p(p, keep_prob, fn="dropout") -> float:
     if p is not P_DEFAULT:
         raise ValueError(f"give p or keep_prob, not both (got p={p}, keep_prob={keep_prob})")
     return float(f"{1.0 - contract.check_p(keep_prob, name='keep_prob', fn=fn):.15g}")
-
-
-def scale_of(p: float) -> float:
-    return 1.0 / (1.0 - p) if p < 1.0 else 0.0
 
 
 def check_input(input, name="dropout"):
@@ -68,7 +69,7 @@ def check_input(input, name="dropout"):
 def check_call_args(training, seed, offset, generator, backend, name="dropout"):
     """Checks that need no tensor, done before any early return; returns (seed, offset).
     The offset's range against the tensor's size is checked once the size is known."""
-    if not isinstance(training, (bool, np.bool_)):  # PyTorch's parser refuses None, ints, strings
+    if not isinstance(training, bool) and not _is_numpy_bool(training):  # PyTorch's parser refuses None, ints, strings
         raise TypeError(f"{name}(): argument 'training' must be bool, not {type(training).__name__}")
     if generator is not None:
         if not isinstance(generator, torch.Generator):
@@ -87,6 +88,11 @@ def check_call_args(training, seed, offset, generator, backend, name="dropout"):
     return contract.check_seed(seed), contract.check_offset(offset)
 
 
+def _is_numpy_bool(v) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(v, np.bool_)
+
+
 def _in_checkpoint():
     frame = sys._getframe(2)
     while frame is not None:
@@ -101,6 +107,8 @@ def check_writable(t):
     if t.is_inference() and not torch.is_inference_mode_enabled():
         raise RuntimeError(INFERENCE_INPLACE)
     if torch.is_grad_enabled() and t.requires_grad:
+        if t._is_view() and torch._C._autograd._get_creation_meta(t) == _NO_GRAD_VIEW:
+            raise RuntimeError(NO_GRAD_VIEW_INPLACE)
         if t.is_leaf:
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
         if t._is_view() and t._base.is_leaf:

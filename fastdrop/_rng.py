@@ -1,12 +1,17 @@
-"""Where seeds and offsets come from when the caller gives none: every draw is here.
+"""Seeds drawn in Python: the calls that do not reach the C++ operators' own draw.
 
-- ``reserve``: eager calls. CUDA tensors take the CUDA generator's seed and Philox offset,
-  advanced past the call's range, as PyTorch's own dropout does; CPU tensors a fresh 63-bit
-  seed from the CPU generator, offset 0. Either way torch.manual_seed reproduces a run and
-  torch.utils.checkpoint's RNG restore replays the same mask.
+The C++ operators draw an unseeded eager call's seed themselves (``fastdrop/csrc/ops.cpp``), as
+ATen's random ops do. The draws here follow the same rules, for the paths that run elsewhere:
+
+- ``reserve``: eager calls on the reference and Triton backends. CUDA tensors take the CUDA
+  generator's seed and offset, advanced past the call's range: the generator's offset counts
+  Philox calls (4 stream elements each), rounded up to a multiple of 4 as PyTorch keeps it, and
+  the call's stream offset is 4 times it. CPU tensors take a fresh 63-bit seed from the CPU
+  generator (what ATen's ``random_()`` of an int64 tensor draws), offset 0.
 - ``under_transforms``: under torch.func, a 63-bit seed drawn below the transforms.
 - ``graph_seed``: compiled graphs, jit.trace, TorchDispatchModes and TorchScript get the seed
-  as a 1-element int64 tensor drawn in the graph, so each run draws anew.
+  as a 1-element int64 tensor drawn in the graph, so each run draws anew, and two identical calls
+  in one graph stay two.
 """
 
 from __future__ import annotations
@@ -38,9 +43,9 @@ def reserve(count: int, device: torch.device, generator: torch.Generator | None)
             # the kernels read it through a pointer.
             return torch.empty(1, dtype=torch.int64, device=device).random_(generator=gen), 0
         with _lock:
-            offset = gen.get_offset()
-            gen.set_offset(offset + (count + 3) // 4 * 4)
-            return gen.initial_seed(), offset
+            base = gen.get_offset()
+            gen.set_offset(base + ((count + 3) // 4 + 3) // 4 * 4)
+            return gen.initial_seed(), 4 * base
     # random_() and random_(generator=None) draw the same; the keyword costs 0.3 us
     t = _seed_tensor()
     return (t.random_() if generator is None else t.random_(generator=generator)).item(), 0

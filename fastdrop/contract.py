@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 
-import numpy as np
 import torch
 
 CONTRACT_VERSION = 1
@@ -51,7 +51,7 @@ def check_p(p, name="p", fn="dropout") -> float:
             raise TypeError(f"{fn}(): argument '{name}' must be float, not Tensor "
                             "(a 0-dim tensor that does not require grad is accepted)")
         p = p.item()
-    elif isinstance(p, np.generic):
+    elif _is_numpy_scalar(p):
         p = p.item()
     if not isinstance(p, numbers.Real):
         raise TypeError(f"{what} must be a real number in [0, 1], but got {type(p).__name__} {p!r}")
@@ -60,6 +60,13 @@ def check_p(p, name="p", fn="dropout") -> float:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"{what} has to be between 0 and 1, but got {p}")
     return float(p)
+
+
+def _is_numpy_scalar(v) -> bool:
+    # numpy's scalars pass as numbers, as PyTorch's argument parser takes them; numpy itself is
+    # not needed: where it is not imported, nothing is one.
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(v, np.generic)
 
 
 def keep_threshold(p: float) -> int:
@@ -114,32 +121,45 @@ def check_offset(offset, numel: int = 0) -> int:
     return offset
 
 
-def philox_numpy(c0, c1, c2, c3, k0, k1, rounds: int = PHILOX_ROUNDS):
-    """Philox4x32 on numpy uint64 arrays holding uint32 values (broadcasting)."""
-    mask = np.uint64(0xFFFFFFFF)
-    s32 = np.uint64(32)
-    m0, m1 = np.uint64(PHILOX_M0), np.uint64(PHILOX_M1)
-    k0, k1 = np.uint64(k0), np.uint64(k1)
+def philox(c0, c1, c2, c3, k0, k1, rounds: int = PHILOX_ROUNDS):
+    """Philox4x32 on int64 tensors holding uint32 values (broadcasting); k0, k1 ints or tensors.
+
+    The reference in torch ops: the CPU and CUDA paths are tested bit-identical to it, and it is
+    the path where fastdrop's C++ operators are not available. Each 32 x 32-bit product fits 64
+    bits; taken as int64 it may wrap, and its two words are the same bits either way.
+    """
+    lo32 = 0xFFFFFFFF
     for _ in range(rounds):
-        p0 = c0 * m0  # 32 x 32 -> 64 bit products: hi and lo words of mulhilo
-        p1 = c2 * m1
-        c0, c1, c2, c3 = (p1 >> s32) ^ c1 ^ k0, p1 & mask, (p0 >> s32) ^ c3 ^ k1, p0 & mask
-        k0 = (k0 + np.uint64(PHILOX_W0)) & mask
-        k1 = (k1 + np.uint64(PHILOX_W1)) & mask
+        p0 = c0 * PHILOX_M0  # 32 x 32 -> 64 bit products: hi and lo words of mulhilo
+        p1 = c2 * PHILOX_M1
+        c0, c1, c2, c3 = ((p1 >> 32) & lo32) ^ c1 ^ k0, p1 & lo32, ((p0 >> 32) & lo32) ^ c3 ^ k1, p0 & lo32
+        k0 = (k0 + PHILOX_W0) & lo32
+        k1 = (k1 + PHILOX_W1) & lo32
     return c0, c1, c2, c3
 
 
-def stream_words(seed: int, start: int, count: int) -> np.ndarray:
-    """The 32-bit random words of stream elements [start, start + count), as uint64."""
+def stream_words(seed, start: int, count: int, device="cpu") -> torch.Tensor:
+    """The 32-bit random words of stream elements [start, start + count), as int64.
+
+    ``seed``: an int in [0, 2**64), or a 1-element int64 tensor holding its bits (a compiled
+    graph's seed)."""
     first, last = start // WORDS_PER_CALL, (start + count + WORDS_PER_CALL - 1) // WORDS_PER_CALL
-    q = np.arange(first, last, dtype=np.uint64)
-    zero = np.zeros((), dtype=np.uint64)
-    words = philox_numpy(q & np.uint64(0xFFFFFFFF), q >> np.uint64(32), zero, zero,
-                         seed % UINT32, seed >> 32)
+    q = torch.arange(last - first, dtype=torch.int64, device=device)
+    q0 = first
+    if first >= 1 << 63:  # past int64: the counter's halves are taken apart before the add
+        q0 = first - UINT64
+    q = q + q0
+    if isinstance(seed, torch.Tensor):
+        s = seed.reshape(()).to(torch.int64)
+        k0, k1 = s & 0xFFFFFFFF, (s >> 32) & 0xFFFFFFFF
+    else:
+        k0, k1 = seed % UINT32, seed >> 32
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    words = philox(q & 0xFFFFFFFF, (q >> 32) & 0xFFFFFFFF, zero, zero, k0, k1)
     skip = start - first * WORDS_PER_CALL
-    return np.stack(words, axis=-1).reshape(-1)[skip:skip + count]
+    return torch.stack(words, dim=-1).reshape(-1)[skip:skip + count]
 
 
-def keep_bits(seed: int, start: int, count: int, threshold: int) -> np.ndarray:
+def keep_bits(seed, start: int, count: int, threshold: int, device="cpu") -> torch.Tensor:
     """Boolean keep bits of stream elements [start, start + count)."""
-    return stream_words(seed, start, count) < np.uint64(threshold)
+    return stream_words(seed, start, count, device) < threshold

@@ -14,7 +14,7 @@ import threading
 import torch
 from torch import nn
 
-from . import family, functional
+from . import functional
 from ._args import FLOAT_DTYPES
 from .modules import (AlphaDropout, Dropout, Dropout1d, Dropout2d, Dropout3d, DropPath, FeatureAlphaDropout,
                       NoiseDropout, StochasticDepth)
@@ -292,14 +292,6 @@ def _routable(input) -> bool:
             and input.device.type in ("cpu", "cuda", "meta"))
 
 
-def _feature_dropout(input, p, train, inplace):
-    # ATen's feature dropout: one bit per (sample, channel) of an (N, C, ...) input.
-    if train and 0.0 < p < 1.0 and input.numel() and input.dim() < 2:
-        raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
-    noise = tuple(input.shape[:2]) + (1,) * (input.dim() - 2) if input.dim() >= 2 else None
-    return functional.dropout(input, p, train, inplace, noise_shape=noise)
-
-
 def _nn(name, fd):
     """A torch.nn.functional dropout: fastdrop's function of the same signature."""
     orig = getattr(torch.nn.functional, name)
@@ -329,12 +321,12 @@ def _aten(name, fd, inplace):
 
 def _targets():
     F = torch.nn.functional
-    nn_fns = {"dropout": functional.dropout, "dropout1d": family.dropout1d, "dropout2d": family.dropout2d,
-              "dropout3d": family.dropout3d, "alpha_dropout": family.alpha_dropout,
-              "feature_alpha_dropout": family.feature_alpha_dropout}
+    nn_fns = {"dropout": functional.dropout, "dropout1d": functional.dropout1d, "dropout2d": functional.dropout2d,
+              "dropout3d": functional.dropout3d, "alpha_dropout": functional.alpha_dropout,
+              "feature_alpha_dropout": functional.feature_alpha_dropout}
     out = [(F, name, *_nn(name, fd)) for name, fd in nn_fns.items()]
-    aten_fns = {"dropout": functional.dropout, "alpha_dropout": family.alpha_dropout,
-                "feature_alpha_dropout": family.feature_alpha_dropout, "feature_dropout": _feature_dropout}
+    aten_fns = {"dropout": functional.dropout, "alpha_dropout": functional.alpha_dropout,
+                "feature_alpha_dropout": functional.feature_alpha_dropout, "feature_dropout": functional.feature_dropout}
     for name, fd in aten_fns.items():
         out.append((torch, name, *_aten(name, fd, False)))
         out.append((torch, name + "_", *_aten(name + "_", fd, True)))

@@ -12,12 +12,48 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import contract, family, ops
+from typing import List, Optional
+
+from . import contract
+from .backends import load_native
 from . import functional as F
-from ._args import P_DEFAULT, resolve_p
+from ._args import P_DEFAULT, broadcast_noise, resolve_p
+from .variants import alpha_constants, scale_of, shared_dims
 
 
-class Dropout(nn.Dropout):
+def scripted(x: torch.Tensor, p: float, training: bool, inplace: bool, kind: str, scale_by_keep: bool = True,
+             noise_shape: Optional[List[Optional[int]]] = None) -> torch.Tensor:
+    """A fastdrop module's forward in TorchScript: the table's mask and scale, then the operator,
+    which draws a seed per run. The module checked p when it was built."""
+    if not training or p == 0.0 or x.numel() == 0:
+        return x
+    shared = shared_dims(kind, x.dim(), p)
+    if noise_shape is not None:
+        noise = broadcast_noise(noise_shape, x.shape)
+        shared = []
+        for d in range(len(noise)):
+            if noise[d] == 1:
+                shared.append(d)
+    scale = scale_of(p, kind, scale_by_keep)
+    affine: Optional[List[float]] = None
+    if (kind == "alpha_dropout" or kind == "feature_alpha_dropout") and p < 1.0:
+        a, add, drop = alpha_constants(p, x.dtype)
+        scale = a
+        affine = [add, drop]
+    y = torch.ops.fastdrop.dropout(x, p, shared, scale, affine)
+    if inplace:
+        return x.copy_(y)
+    return y
+
+
+class _Scriptable:
+    def __prepare_scriptable__(self):
+        # torch.jit.script compiles forward's call of the operator: it must be loaded by then.
+        load_native()
+        return self
+
+
+class Dropout(_Scriptable, nn.Dropout):
     """Drop-in for ``torch.nn.Dropout``."""
 
     def __init__(self, p: float = P_DEFAULT, inplace: bool = False, *, keep_prob: float | None = None):
@@ -25,11 +61,11 @@ class Dropout(nn.Dropout):
 
     def forward(self, input):
         if torch.jit.is_scripting():
-            return ops.scripted(input, self.p, self.training, self.inplace, "dropout")
+            return scripted(input, self.p, self.training, self.inplace, "dropout")
         return F.dropout(input, self.p, self.training, self.inplace)
 
 
-class Dropout1d(nn.Dropout1d):
+class Dropout1d(_Scriptable, nn.Dropout1d):
     """Drop-in for ``torch.nn.Dropout1d``: zeroes whole channels of (N, C, L) or (C, L)."""
 
     def __init__(self, p: float = P_DEFAULT, inplace: bool = False, *, keep_prob: float | None = None):
@@ -37,11 +73,11 @@ class Dropout1d(nn.Dropout1d):
 
     def forward(self, input):
         if torch.jit.is_scripting():
-            return ops.scripted(input, self.p, self.training, self.inplace, "dropout1d")
-        return family.dropout1d(input, self.p, self.training, self.inplace)
+            return scripted(input, self.p, self.training, self.inplace, "dropout1d")
+        return F.dropout1d(input, self.p, self.training, self.inplace)
 
 
-class Dropout2d(nn.Dropout2d):
+class Dropout2d(_Scriptable, nn.Dropout2d):
     """Drop-in for ``torch.nn.Dropout2d``: zeroes whole channels of (N, C, H, W)."""
 
     def __init__(self, p: float = P_DEFAULT, inplace: bool = False, *, keep_prob: float | None = None):
@@ -49,11 +85,11 @@ class Dropout2d(nn.Dropout2d):
 
     def forward(self, input):
         if torch.jit.is_scripting():
-            return ops.scripted(input, self.p, self.training, self.inplace, "dropout2d")
-        return family.dropout2d(input, self.p, self.training, self.inplace)
+            return scripted(input, self.p, self.training, self.inplace, "dropout2d")
+        return F.dropout2d(input, self.p, self.training, self.inplace)
 
 
-class Dropout3d(nn.Dropout3d):
+class Dropout3d(_Scriptable, nn.Dropout3d):
     """Drop-in for ``torch.nn.Dropout3d``: zeroes whole channels of (N, C, D, H, W)."""
 
     def __init__(self, p: float = P_DEFAULT, inplace: bool = False, *, keep_prob: float | None = None):
@@ -61,11 +97,11 @@ class Dropout3d(nn.Dropout3d):
 
     def forward(self, input):
         if torch.jit.is_scripting():
-            return ops.scripted(input, self.p, self.training, self.inplace, "dropout3d")
-        return family.dropout3d(input, self.p, self.training, self.inplace)
+            return scripted(input, self.p, self.training, self.inplace, "dropout3d")
+        return F.dropout3d(input, self.p, self.training, self.inplace)
 
 
-class AlphaDropout(nn.AlphaDropout):
+class AlphaDropout(_Scriptable, nn.AlphaDropout):
     """Drop-in for ``torch.nn.AlphaDropout``. Like it, ignores ``inplace`` in forward."""
 
     def __init__(self, p: float = P_DEFAULT, inplace: bool = False, *, keep_prob: float | None = None):
@@ -73,11 +109,11 @@ class AlphaDropout(nn.AlphaDropout):
 
     def forward(self, input):
         if torch.jit.is_scripting():
-            return ops.scripted(input, self.p, self.training, False, "alpha")
-        return family.alpha_dropout(input, self.p, self.training)
+            return scripted(input, self.p, self.training, False, "alpha_dropout")
+        return F.alpha_dropout(input, self.p, self.training)
 
 
-class FeatureAlphaDropout(nn.FeatureAlphaDropout):
+class FeatureAlphaDropout(_Scriptable, nn.FeatureAlphaDropout):
     """Drop-in for ``torch.nn.FeatureAlphaDropout``. Like it, ignores ``inplace`` in forward."""
 
     def __init__(self, p: float = P_DEFAULT, inplace: bool = False, *, keep_prob: float | None = None):
@@ -85,11 +121,11 @@ class FeatureAlphaDropout(nn.FeatureAlphaDropout):
 
     def forward(self, input):
         if torch.jit.is_scripting():
-            return ops.scripted(input, self.p, self.training, False, "feature_alpha")
-        return family.feature_alpha_dropout(input, self.p, self.training)
+            return scripted(input, self.p, self.training, False, "feature_alpha_dropout")
+        return F.feature_alpha_dropout(input, self.p, self.training)
 
 
-class DropPath(nn.Module):
+class DropPath(_Scriptable, nn.Module):
     """Drop-in for timm's ``DropPath`` (stochastic depth): drops whole samples of a residual branch."""
 
     def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True, *, keep_prob: float | None = None):
@@ -106,14 +142,14 @@ class DropPath(nn.Module):
 
     def forward(self, x):
         if torch.jit.is_scripting():
-            return ops.scripted(x, self.drop_prob, self.training, False, "drop_path", self.scale_by_keep)
-        return family.drop_path(x, self.drop_prob, self.training, self.scale_by_keep)
+            return scripted(x, self.drop_prob, self.training, False, "drop_path", self.scale_by_keep)
+        return F.drop_path(x, self.drop_prob, self.training, self.scale_by_keep)
 
     def extra_repr(self) -> str:
         return f"drop_prob={round(self.drop_prob, 3):0.3f}"
 
 
-class NoiseDropout(nn.Module):
+class NoiseDropout(_Scriptable, nn.Module):
     """Dropout with one keep bit per element of ``noise_shape`` (see ``fastdrop.noise_dropout``).
 
     ``NoiseDropout(0.1, noise_shape=(None, 1, None))`` shares one mask along dim 1 of a
@@ -132,14 +168,14 @@ class NoiseDropout(nn.Module):
 
     def forward(self, input):
         if torch.jit.is_scripting():
-            return ops.scripted(input, self.p, self.training, self.inplace, "dropout", True, self.noise_shape)
+            return scripted(input, self.p, self.training, self.inplace, "dropout", True, self.noise_shape)
         return F.dropout(input, self.p, self.training, self.inplace, noise_shape=self.noise_shape)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, noise_shape={self.noise_shape}, inplace={self.inplace}"
 
 
-class StochasticDepth(nn.Module):
+class StochasticDepth(_Scriptable, nn.Module):
     """Drop-in for torchvision's ``ops.StochasticDepth``: ``mode="row"`` drops whole samples
     (one keep bit per sample, as ``DropPath``), ``mode="batch"`` the whole input (one bit).
 
@@ -167,10 +203,9 @@ class StochasticDepth(nn.Module):
         if self.mode not in ("batch", "row"):
             raise ValueError(f"mode has to be either 'batch' or 'row', but got {self.mode}")
         if torch.jit.is_scripting():
-            return ops.scripted(input, self.p, self.training, False, "drop_path" if self.mode == "row" else "batch")
-        if self.mode == "row":
-            return family.drop_path(input, self.p, self.training)
-        return family.noise_dropout(input, self.p, (1,) * input.dim(), self.training)
+            kind = "drop_path" if self.mode == "row" else "stochastic_depth"
+            return scripted(input, self.p, self.training, False, kind)
+        return F.stochastic_depth(input, self.p, self.mode, self.training)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(p={self.p}, mode={self.mode})"

@@ -58,13 +58,19 @@ def _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE: tl.constexpr):
 
 
 @triton.jit
-def _key(seed, SEED_PTR: tl.constexpr):
-    # The Philox key: an int argument, or (CUDA-graph capture) read from device memory so
-    # that every replay uses the seed drawn in that replay.
-    if SEED_PTR:
-        return tl.load(seed)
-    else:
-        return seed
+def _state(seed, base, base_ptr, save_ptr, SEED_PTR: tl.constexpr, BASE_PTR: tl.constexpr, SAVE: tl.constexpr):
+    # The Philox key and the counter of the call's first stream position. Values, or (a compiled
+    # graph's seed, CUDA-graph capture) read from device memory, so that every replay uses what
+    # that replay drew: the seed through `seed`, and under capture the generator's counter offset
+    # through `base_ptr`, which `base` (the counters of the call's place in the graph) is added to.
+    # SAVE: program 0 writes (key, counter) to save_ptr, the state a captured call's backward reads.
+    key = tl.load(seed) if SEED_PTR else seed
+    counter = base + tl.load(base_ptr) if BASE_PTR else base
+    if SAVE:
+        if tl.program_id(0) == 0:
+            tl.store(save_ptr, key.to(tl.int64))
+            tl.store(save_ptr + 1, counter.to(tl.int64))
+    return key, counter
 
 
 @triton.jit
@@ -102,12 +108,11 @@ def _block_keep(seed, q0, threshold, BLOCK: tl.constexpr, VEC: tl.constexpr):
 
 
 @triton.jit
-def _contiguous_block(seed, base, threshold, n, SEED_PTR: tl.constexpr, SHIFT: tl.constexpr,
-                      BLOCK: tl.constexpr, VEC: tl.constexpr):
+def _contiguous_block(key, base, threshold, n, SHIFT: tl.constexpr, BLOCK: tl.constexpr, VEC: tl.constexpr):
     # This program's BLOCK consecutive stream positions over contiguous tensors: keep bits,
     # the element index of the first (start), the in-block offsets and which are in bounds.
     pid = tl.program_id(0).to(tl.int64)
-    keep = _block_keep(_key(seed, SEED_PTR), base + pid * (BLOCK // 4), threshold, BLOCK, VEC)
+    keep = _block_keep(key, base + pid * (BLOCK // 4), threshold, BLOCK, VEC)
     # Scalar start + int32 arange keeps the contiguity the compiler needs to vectorize.
     start = pid * BLOCK - SHIFT
     offs = tl.arange(0, BLOCK)
@@ -126,12 +131,18 @@ def _word(seed, base, g):
     return tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3))).to(tl.int64)
 
 
+# Run-time scalars, never specialized: a new seed, offset or p does not recompile.
+SCALARS = ["seed", "base", "base_ptr", "save_ptr", "threshold", "scale_bits", "add_bits", "drop_bits"]
+
+
 # n stays specialized: its divisibility by 16 lets the compiler vectorize the masked loads.
-@triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits"])
+@triton.jit(do_not_specialize=SCALARS)
 def _dropout_kernel(
     X_ptr, Y_ptr, n,
-    seed,        # 64-bit Philox key, reinterpreted as signed
+    seed,        # 64-bit Philox key, reinterpreted as signed (SEED_PTR: a pointer to it)
     base,        # Philox counter of the first stream position: offset // 4
+    base_ptr,    # BASE_PTR: a pointer to a counter offset added to base (else unused)
+    save_ptr,    # SAVE: where program 0 writes (key, counter) (else unused)
     threshold,   # keep iff the 32-bit word < threshold, in [0, 2**32]
     scale_bits,  # float64 bits of 1 / (1 - p) (alpha dropout: of a)
     add_bits,    # AFFINE only: float64 bits of what kept elements add (alpha dropout's b)
@@ -139,25 +150,27 @@ def _dropout_kernel(
     SHIFT: tl.constexpr,  # offset % 4: element i sits at stream position 4 * base + SHIFT + i
     BLOCK: tl.constexpr,
     AFFINE: tl.constexpr,  # y = keep ? x * scale + add : drop, instead of keep ? x * scale : 0
-    SEED_PTR: tl.constexpr,  # seed is a pointer to an int64 in device memory
+    SEED_PTR: tl.constexpr, BASE_PTR: tl.constexpr, SAVE: tl.constexpr,  # see _state
     VEC: tl.constexpr,  # elements per 16-byte access, at least 4 (vec_of)
 ):
     # Contiguous x and y. Each program owns BLOCK consecutive stream positions, so the four
     # words of each Philox call go to four consecutive elements.
-    keep, start, offs, inb = _contiguous_block(seed, base, threshold, n, SEED_PTR, SHIFT, BLOCK, VEC)
+    key, base = _state(seed, base, base_ptr, save_ptr, SEED_PTR, BASE_PTR, SAVE)
+    keep, start, offs, inb = _contiguous_block(key, base, threshold, n, SHIFT, BLOCK, VEC)
     x = tl.load(X_ptr + start + offs, mask=inb)
     y = _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE)
     tl.store(Y_ptr + start + offs, y.to(Y_ptr.dtype.element_ty), mask=inb)
 
 
-@triton.jit(do_not_specialize=["n", "seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits"])
+@triton.jit(do_not_specialize=["n"] + SCALARS)
 def _dropout_strided_kernel(
-    X_ptr, Y_ptr, n, seed, base, threshold, scale_bits, add_bits, drop_bits,
+    X_ptr, Y_ptr, n, seed, base, base_ptr, save_ptr, threshold, scale_bits, add_bits, drop_bits,
     S1, S2, S3,              # sizes of walked dims 1..3 (dim 0 follows from n)
     XS0, XS1, XS2, XS3,      # x strides of the walked dims
     YS0, YS1, YS2, YS3,      # y strides
     LS0, LS1, LS2, LS3,      # mask strides (row-major by default): the element's index in the contract
     SHIFT: tl.constexpr, BLOCK: tl.constexpr, AFFINE: tl.constexpr, SEED_PTR: tl.constexpr,
+    BASE_PTR: tl.constexpr, SAVE: tl.constexpr,
 ):
     # Any strides. Dims are walked in y's memory order so stores stay coalesced; the mask
     # follows the logical index, so each element takes its own word of a Philox call.
@@ -171,21 +184,22 @@ def _dropout_strided_kernel(
     c1 = t % S1
     c0 = t // S1
     g = c0 * LS0 + c1 * LS1 + c2 * LS2 + c3 * LS3 + SHIFT
-    keep = _word(_key(seed, SEED_PTR), base, g) < threshold
+    key, base = _state(seed, base, base_ptr, save_ptr, SEED_PTR, BASE_PTR, SAVE)
+    keep = _word(key, base, g) < threshold
     x = tl.load(X_ptr + c0 * XS0 + c1 * XS1 + c2 * XS2 + c3 * XS3, mask=inb)
     y = _apply(x, keep, scale_bits, add_bits, drop_bits, AFFINE).to(Y_ptr.dtype.element_ty)
     tl.store(Y_ptr + c0 * YS0 + c1 * YS1 + c2 * YS2 + c3 * YS3, y, mask=inb)
 
 
-@triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits"])
+@triton.jit(do_not_specialize=SCALARS)
 def _dropout_grouped_kernel(
-    X_ptr, Y_ptr, seed, base, threshold, scale_bits, add_bits, drop_bits,
+    X_ptr, Y_ptr, seed, base, base_ptr, save_ptr, threshold, scale_bits, add_bits, drop_bits,
     O1, NG, I,               # sizes: outer dim 1 (dim 0 follows from the grid), groups of 4 along W, dim I
     W,                       # the W dim's size (the logical innermost dim, mask stride 1), a multiple of 4
     XO0, XO1, XW, XI,        # x strides of the outer dims, W and I
     YO0, YO1, YW, YI,        # y strides
     QO0, QO1, QI,            # mask strides / 4 of the outer dims and I (multiples of W, so of 4)
-    SHIFT: tl.constexpr, AFFINE: tl.constexpr, SEED_PTR: tl.constexpr,
+    SHIFT: tl.constexpr, AFFINE: tl.constexpr, SEED_PTR: tl.constexpr, BASE_PTR: tl.constexpr, SAVE: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_I: tl.constexpr,
     VEC: tl.constexpr,       # elements per 16-byte access along I
     IDX64: tl.constexpr,     # some element offset needs more than 31 bits
@@ -195,6 +209,7 @@ def _dropout_grouped_kernel(
     # consecutive W positions by BLOCK_I positions along I: each Philox call serves the four
     # W positions of its group (the contract's four consecutive elements), and each of the
     # four loads and stores runs along I, contiguous in memory. Reads x once, writes y once.
+    key, base = _state(seed, base, base_ptr, save_ptr, SEED_PTR, BASE_PTR, SAVE)
     pid = tl.program_id(0)
     num_i = tl.cdiv(I, BLOCK_I)
     num_g = tl.cdiv(NG, BLOCK_G)
@@ -214,7 +229,7 @@ def _dropout_grouped_kernel(
     # thread: the layout of the 16-byte accesses (see _philox_interleaved).
     u = (ib * BLOCK_I + VEC * tl.arange(0, BLOCK_I // VEC)).to(it)
     q = qo + (k[:, None] + (u * QI)[None, :])
-    r0, r1, r2, r3 = _philox_interleaved(_key(seed, SEED_PTR), q, QI, VEC)
+    r0, r1, r2, r3 = _philox_interleaved(key, q, QI, VEC)
     in_i = (i < I)[None, :]
     xi, yi = (i * XI)[None, :], (i * YI)[None, :]
     for j in tl.static_range(4):
@@ -275,14 +290,14 @@ def _philox_interleaved(seed, q, step, VEC: tl.constexpr):
 KEEP_SCALAR, KEEP_ROW, KEEP_COL, KEEP_COL4, KEEP_ELEM = (tl.constexpr(i) for i in range(5))
 
 
-@triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits"])
+@triton.jit(do_not_specialize=SCALARS)
 def _dropout_bcast_kernel(
-    X_ptr, Y_ptr, seed, base, threshold, scale_bits, add_bits, drop_bits,
+    X_ptr, Y_ptr, seed, base, base_ptr, save_ptr, threshold, scale_bits, add_bits, drop_bits,
     O1, A, B,                # sizes: outer dim 1 (dim 0 follows from the grid), tile dims A and B
     XO0, XO1, XA, XB,        # x strides (B: the memory-innermost dim)
     YO0, YO1, YA, YB,        # y strides
     LO0, LO1, LA, LB,        # mask strides, 0 along broadcast dims
-    SHIFT: tl.constexpr, AFFINE: tl.constexpr, SEED_PTR: tl.constexpr,
+    SHIFT: tl.constexpr, AFFINE: tl.constexpr, SEED_PTR: tl.constexpr, BASE_PTR: tl.constexpr, SAVE: tl.constexpr,
     KEEP: tl.constexpr,      # KEEP_*: one bit per program, per row a, per column b, per element
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
     VEC: tl.constexpr,       # elements per 16-byte access along B
@@ -307,7 +322,7 @@ def _dropout_bcast_kernel(
     it = tl.int64 if IDX64 else tl.int32
     a = (ab * BLOCK_A + tl.arange(0, BLOCK_A)).to(it)
     b = (bb * BLOCK_B + tl.arange(0, BLOCK_B)).to(it)
-    key = _key(seed, SEED_PTR)
+    key, base = _state(seed, base, base_ptr, save_ptr, SEED_PTR, BASE_PTR, SAVE)
     if KEEP == KEEP_SCALAR:
         keep = _word(key, base, go) < threshold
     elif KEEP == KEEP_ROW:

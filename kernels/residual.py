@@ -9,18 +9,20 @@ the unfused ``residual + dropout(x + bias)`` moves 7 (9 with a stored mask).
 import triton
 import triton.language as tl
 
-from .dropout import _contiguous_block, _f64
+from .dropout import _contiguous_block, _f64, _state
 
 
-@triton.jit(do_not_specialize=["seed", "base", "threshold", "scale_bits"])
+@triton.jit(do_not_specialize=["seed", "base", "base_ptr", "save_ptr", "threshold", "scale_bits"])
 def _dropout_add_kernel(
     X_ptr, B_ptr, R_ptr, Y_ptr, n,
     H,           # bias length: the size of x's last dim
-    seed, base, threshold, scale_bits,  # as in kernels.dropout._dropout_kernel
+    seed, base, base_ptr, save_ptr, threshold, scale_bits,  # as in kernels.dropout._dropout_kernel
     SHIFT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, SEED_PTR: tl.constexpr,
+    BASE_PTR: tl.constexpr, SAVE: tl.constexpr,
     VEC: tl.constexpr,  # elements per 16-byte access, at least 4
 ):
-    keep, start, offs, inb = _contiguous_block(seed, base, threshold, n, SEED_PTR, SHIFT, BLOCK, VEC)
+    key, base = _state(seed, base, base_ptr, save_ptr, SEED_PTR, BASE_PTR, SAVE)
+    keep, start, offs, inb = _contiguous_block(key, base, threshold, n, SHIFT, BLOCK, VEC)
     x = tl.load(X_ptr + start + offs, mask=inb)
     # float32 arithmetic for 16/32-bit types, float64 for float64; one rounding at the store.
     ct = tl.float64 if x.dtype == tl.float64 else tl.float32

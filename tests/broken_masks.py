@@ -29,10 +29,11 @@ def _n(shape) -> int:
 
 def _calls(q: np.ndarray, seed: int, key_hi=None):
     """The four Philox words at counters q (uint64 array), key = seed split in halves."""
-    q = q.astype(np.uint64)
-    zero = np.zeros((), dtype=np.uint64)
+    q = torch.from_numpy(np.ascontiguousarray(q.astype(np.uint64)).view(np.int64))
+    zero = torch.zeros((), dtype=torch.int64)
     hi = seed >> 32 if key_hi is None else key_hi
-    return contract.philox_numpy(q & np.uint64(M32), q >> np.uint64(32), zero, zero, seed & M32, hi)
+    words = contract.philox(q & M32, (q >> 32) & M32, zero, zero, seed & M32, hi)
+    return tuple(w.numpy().astype(np.uint64) for w in words)
 
 
 def _words_at(g: np.ndarray, seed: int, key_hi=None) -> np.ndarray:

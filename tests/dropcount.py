@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import fastdrop.ops  # noqa: F401 - registers fastdrop::dropout
+from fastdrop.backends import load_native
+
+load_native()  # registers fastdrop::dropout
 
 TORCH_RANDOM_OPS = {
     torch.ops.aten.bernoulli_.float, torch.ops.aten.bernoulli_.Tensor, torch.ops.aten.bernoulli.default,

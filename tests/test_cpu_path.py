@@ -1,24 +1,25 @@
-"""The CPU backend's C++ loops (fastdrop/backends/cpu/ops.cpp): the contract's keep bits, the same
-bits as the torch-ops form for every dtype, layout and variant, on any number of PyTorch's
-threads and in each instruction-set form (AVX-512, AVX2, plain x86-64), 16-bit casts equal to
-PyTorch's, a forked child that does not hang, no temporaries beyond the output, huge pages."""
+"""The C++ CPU loops (fastdrop/csrc/kernels.cpp, through the operator fastdrop::dropout): the
+contract's keep bits, the same bits as the reference backend (torch ops) for every dtype, layout
+and variant, on any number of PyTorch's threads and in each instruction-set form (AVX-512, AVX2,
+plain x86-64), 16-bit casts equal to PyTorch's, a forked child that does not hang, no
+temporaries beyond the output, huge pages."""
 
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 
 import fastdrop
-from fastdrop import contract
-from fastdrop.backends import cpu
+from fastdrop import contract, variants
+from fastdrop.backends import Plan, load_native, native, reference
 from reference import FLOAT_DTYPES, assert_bitwise_equal, nonzero_randn
 
-pytestmark = pytest.mark.skipif(cpu.ops() is None, reason="the C++ CPU operators are not built here")
+pytestmark = pytest.mark.skipif(load_native() is None, reason="the C++ operators are not built here")
 HUGE_PAGE = 2 << 20
-BLOCK = 2048  # stream elements per batch of words in ops.cpp
+BLOCK = 2048  # stream elements per batch of words in kernels.cpp
 
 LAYOUTS = {
     "contiguous": lambda dt: nonzero_randn((3, 5, 7, 11), dt),
@@ -39,16 +40,16 @@ def specials(x):
     return x
 
 
-def torch_ops_result(x, y_strides, seed, offset, t, scale, noise, affine):
-    y = torch.empty_strided(x.shape, y_strides, dtype=x.dtype)
-    return cpu._apply_torch(x, y, seed, offset, t, scale, noise, affine)
-
-
 def noise_for(x, name):
     noise_shape = NOISE[name]
     if noise_shape is None:
         return None
     return tuple(s if d < 4 and noise_shape[d] != 1 else 1 for d, s in enumerate(x.shape))  # 6-D: the first four
+
+
+def plan_of(backend, p, seed, offset, noise_shape=None, affine=None, scale=None, inplace=False):
+    return Plan(p, seed, offset, backend, noise_shape, variants.scale_of(p) if scale is None else scale, affine,
+                inplace)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -58,22 +59,18 @@ def noise_for(x, name):
 def test_compiled_pass_equals_torch_ops(dtype, layout, noise, affine):
     x = specials(LAYOUTS[layout](dtype))
     noise_shape = noise_for(x, noise)
-    p = 0.3
-    scale, aff = 1 / (1 - p), None
+    p, scale, aff = 0.3, None, None
     if affine:
-        scale, add, drop = fastdrop.family._alpha_constants(p, dtype)
+        scale, (add, drop) = variants.alpha_form(p, dtype)
         aff = (add, drop)
-    t = contract.keep_threshold(p)
     seed, offset = 2**64 - 5, 2**40 + 3
-    for y in (torch.empty_like(x), torch.empty(x.shape, dtype=dtype)):  # x's strides, and contiguous
-        got = cpu.apply(x, y, seed, offset, t, scale, noise_shape=noise_shape, affine=aff)
-        assert_bitwise_equal(got, torch_ops_result(x, y.stride(), seed, offset, t, scale, noise_shape, aff))
-    inplace = x.clone()
-    cpu.apply(inplace, inplace, seed, offset, t, scale, noise_shape=noise_shape, affine=aff)
-    assert_bitwise_equal(inplace, torch_ops_result(x, x.stride(), seed, offset, t, scale, noise_shape, aff))
-    fresh = cpu.fresh(x, seed, offset, t, scale, noise_shape, aff)  # the operator: x's layout
+    want = reference.run(x, plan_of(reference, p, seed, offset, noise_shape, aff, scale))
+    fresh = native.run(x, plan_of(native, p, seed, offset, noise_shape, aff, scale))  # x's layout
     assert fresh.stride() == torch.empty_like(x).stride()
-    assert_bitwise_equal(fresh, torch_ops_result(x, fresh.stride(), seed, offset, t, scale, noise_shape, aff))
+    assert_bitwise_equal(fresh, want)
+    for y in (x.clone(), torch.empty(x.shape, dtype=dtype).copy_(x)):  # in place: x's strides, and contiguous
+        native.run(y, plan_of(native, p, seed, offset, noise_shape, aff, scale, inplace=True))
+        assert_bitwise_equal(y, want)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -82,9 +79,8 @@ def test_compiled_pass_equals_torch_ops(dtype, layout, noise, affine):
 def test_compiled_dropout_add_equals_torch_ops(dtype, with_bias, shape):
     x, r = specials(nonzero_randn(shape, dtype)), nonzero_randn(shape, dtype, torch.Generator().manual_seed(5))
     b = nonzero_randn(shape[-1:], dtype, torch.Generator().manual_seed(6)) if with_bias else None
-    t, scale = contract.keep_threshold(0.4), 1 / 0.6
-    got = cpu.dropout_add(x, b, r, 77, 5, t, scale)
-    assert_bitwise_equal(got, cpu.dropout_add_torch(x, b, r, 77, 5, t, scale))
+    got = native.dropout_add(x, b, r, plan_of(native, 0.4, 77, 5))
+    assert_bitwise_equal(got, reference.dropout_add(x, b, r, plan_of(reference, 0.4, 77, 5)))
 
 
 CASES = [  # seed, start, count, p: offsets at the four word positions, across 2**32 and blocks, to the end
@@ -96,20 +92,17 @@ CASES = [  # seed, start, count, p: offsets at the four word positions, across 2
 
 
 @pytest.mark.parametrize("seed,start,count,p", CASES)
-def test_keep_bits_equal_the_numpy_contract(seed, start, count, p):
-    t = contract.keep_threshold(p)
-    out = torch.zeros(count + 2, dtype=torch.bool)
-    cpu.keep_mask(out[1:-1], seed, start, t)
-    assert torch.equal(out[1:-1], torch.from_numpy(contract.keep_bits(seed, start, count, t)))
-    assert not out[0] and not out[-1]  # nothing written outside the range
+def test_keep_bits_equal_the_contract(seed, start, count, p):
+    got = native.keep_mask((count,), p, seed, start)
+    assert torch.equal(got, contract.keep_bits(seed, start, count, contract.keep_threshold(p)))
 
 
 def test_philox_words_equal_the_contract_past_a_vector_group():
     for calls in (1, 31, 32, 33, 1000):
         out = torch.empty(calls, 4, dtype=torch.int32)
-        cpu.ops().philox_words(out, 2**32 - 17, 0x9ABCDEF0, 0x12345678)
+        torch.ops.fastdrop.philox_words(out, 2**32 - 17, 0x9ABCDEF0, 0x12345678)
         want = contract.stream_words(0x123456789ABCDEF0, (2**32 - 17) * 4, 4 * calls)
-        assert np.array_equal(out.view(-1).numpy().view(np.uint32).astype(np.uint64), want), calls
+        assert torch.equal(out.view(-1).to(torch.int64) & 0xFFFFFFFF, want), calls
 
 
 ALL16 = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16)
@@ -120,7 +113,7 @@ def test_16_bit_widening_equals_torch_for_every_value(dtype):
     # A keep-all dropout is widen, scale, narrow: every value, NaN payloads included.
     x = ALL16.view(dtype)
     for scale in (1.0, 3.0, 2.0**-20):
-        assert_bitwise_equal(cpu.fresh(x, 0, 0, 2**32, scale), (x.float() * scale).to(dtype))
+        assert_bitwise_equal(torch.ops.fastdrop.dropout(x, 0.0, None, scale, None, 0), (x.float() * scale).to(dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -136,38 +129,40 @@ def test_16_bit_rounding_equals_torch(dtype):
                    torch.randint(0, 2**32, (200_000,), generator=gen, dtype=torch.int64)]) & 0xFFFFFFFF
     f = torch.where(u >= 2**31, u - 2**32, u).to(torch.int32).view(torch.float32)
     out = torch.empty(f.shape, dtype=dtype)
-    cpu.ops().narrow_into(f, out)
+    torch.ops.fastdrop.narrow_into(f, out)
     assert_bitwise_equal(out, f.to(dtype))  # NaN included: fp16 keeps sign and payload, bf16 gives 0xFFFF
 
 
 ISA_CHECK = """
-import sys, torch, fastdrop
-from fastdrop.backends import cpu
-print(cpu.ops().isa())
+import sys, torch
+from fastdrop.backends import load_native
+load_native()
+op = torch.ops.fastdrop
+print(op.isa())
 x = torch.randn(3, 40001, generator=torch.Generator().manual_seed(0))
 out = []
 for dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
     v = x.to(dt)
-    out += [cpu.fresh(v, 5, 3, 2**31, 1.7), cpu.fresh(v.t(), 5, 3, 2**31, 1.7),
-            cpu.fresh(v, 5, 3, 2**31, 1.7, None, (0.25, -1.5)), cpu.fresh(v, 5, 3, 2**31, 1.7, (3, 1)),
-            cpu.dropout_add(v, v[0], v, 5, 3, 2**31, 1.7)]
+    out += [op.dropout(v, 0.5, None, 1.7, None, 5, 3), op.dropout(v.t(), 0.5, None, 1.7, None, 5, 3),
+            op.dropout(v, 0.5, None, 1.7, [0.25, -1.5], 5, 3), op.dropout(v, 0.5, [1], 1.7, None, 5, 3),
+            op.dropout_add(v, v[0], v, 0.5, 5, 3)]
 f = torch.randint(-2**31, 2**31 - 1, (100_000,), generator=torch.Generator().manual_seed(1), dtype=torch.int32)
 for dt in (torch.float16, torch.bfloat16):
     h = torch.empty(100_000, dtype=dt)
-    cpu.ops().narrow_into(f.view(torch.float32), h)
+    op.narrow_into(f.view(torch.float32), h)
     out.append(h)
 torch.save(out, sys.argv[1])
 """
 
 
 def test_every_instruction_set_form_gives_the_same_bits(tmp_path):
-    # FASTDROP_CPU_ISA caps the form the library picks at load: each form, in its own process,
-    # must give the bits this process's form gives.
+    # FASTDROP_CPU_ISA caps the form the library is built for (each form is its own build, in the
+    # cache): each form, in its own process, must give the bits the others give.
     results = {}
-    for cap in ("plain", "v3", "v4"):
+    for cap in ("plain", "x86-64-v3", "x86-64-v4"):
         env = dict(os.environ, FASTDROP_CPU_ISA=cap)
         done = subprocess.run([sys.executable, "-c", ISA_CHECK, str(tmp_path / f"{cap}.pt")], env=env, check=True,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=300)
         results[done.stdout.strip()] = torch.load(tmp_path / f"{cap}.pt")
     assert "plain" in results
     forms = list(results.values())
@@ -183,19 +178,19 @@ def test_threads_give_the_bits_of_one_thread(dtype, layout, noise):
     base = nonzero_randn((8, 8, 32, 33), dtype)
     x = {"contiguous": base, "transposed": base.permute(3, 2, 1, 0), "sliced": base[:, ::2, :, 1:]}[layout]
     noise_shape = NOISE[noise] and tuple(s if k != 1 else 1 for s, k in zip(x.shape, NOISE[noise]))
-    t, scale = contract.keep_threshold(0.3), 1 / 0.7
+    plan = plan_of(native, 0.3, 11, 3, noise_shape)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        want = cpu.fresh(x, 11, 3, t, scale, noise_shape)
+        want = native.run(x, plan)
         for threads in (2, 3):
             torch.set_num_threads(threads)
-            assert_bitwise_equal(cpu.fresh(x, 11, 3, t, scale, noise_shape), want)
-            y = torch.empty_like(x)
-            assert_bitwise_equal(cpu.apply(x, y, 11, 3, t, scale, noise_shape=noise_shape), want)
+            assert_bitwise_equal(native.run(x, plan), want)
+            y = x.clone()
+            assert_bitwise_equal(native.run(y, replace(plan, inplace=True)), want)
     finally:
         torch.set_num_threads(before)
-    assert_bitwise_equal(want, torch_ops_result(x, want.stride(), 11, 3, t, scale, noise_shape, None))
+    assert_bitwise_equal(want, reference.run(x, replace(plan, backend=reference)))
 
 
 FORKED = """

@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastdrop
-import fastdrop.family as fam
-from fastdrop import contract
-from fastdrop.backends import cpu
+from fastdrop import contract, variants
+from fastdrop.backends import reference
 from fastdrop.backends import triton as launcher
 from reference import (FLOAT_DTYPES, Z_BOUND, assert_bitwise_equal, binomial_z, keep_element, nonzero_randn,
                        reference_mask, scaled, ulp_distance)
@@ -57,7 +56,7 @@ def assert_close_truncated_alpha(y, ref, p):
     """bfloat16 alpha dropout under Triton's interpreter, which truncates float32 -> bfloat16
     where a GPU rounds: each of the two roundings (x * a, then + b) may be off by an ulp, and
     the sum can cancel, so the bound is on the magnitudes, not the result's ulps."""
-    a, b_keep, b_drop = fam._alpha_constants(p, y.dtype)
+    a, b_keep, b_drop = variants.alpha_constants(p, y.dtype)
     assert torch.equal(y == b_drop, ref == b_drop)
     eps = torch.finfo(y.dtype).eps
     err = (y.double() - ref.double()).abs()
@@ -135,14 +134,16 @@ def test_noise_shape_not_broadcastable_is_refused(noise_shape, error):
         fastdrop.noise_dropout(x, 0.5, noise_shape, training=False)
 
 
+@needs_kernels
 def test_noise_dropout_reserves_one_element_per_noise_element(monkeypatch):
+    # The Python draw (the Triton backend's): one stream element per noise element.
     seen = []
     from fastdrop import _rng
     real = _rng.reserve
     monkeypatch.setattr(_rng, "reserve", lambda n, d, g: seen.append(n) or real(n, d, g))
-    fastdrop.noise_dropout(torch.ones(8, 3, 5, 5), 0.5, (8, 3, 1, 1))
-    fastdrop.dropout2d(torch.ones(8, 3, 5, 5), 0.5)
-    fastdrop.drop_path(torch.ones(8, 3, 5), 0.5, True)
+    fastdrop.noise_dropout(torch.ones(8, 3, 5, 5, device=KDEV), 0.5, (8, 3, 1, 1), backend="triton")
+    fastdrop.dropout2d(torch.ones(8, 3, 5, 5, device=KDEV), 0.5, backend="triton")
+    fastdrop.drop_path(torch.ones(8, 3, 5, device=KDEV), 0.5, True, backend="triton")
     assert seen == [24, 24, 8]
     torch.manual_seed(3)
     a = fastdrop.dropout2d(torch.ones(8, 3, 5, 5), 0.5)
@@ -251,10 +252,10 @@ def test_alpha_dropout_equals_torch_given_its_mask(feature, dtype):
     x = nonzero_randn(shape, dtype)
     torch.manual_seed(1)
     out = torch_fn(x, 0.3, True)
-    a, b_keep, b_drop = fam._alpha_constants(0.3, dtype)
+    a, b_keep, b_drop = variants.alpha_constants(0.3, dtype)
     keep = out != b_drop
     assert_bitwise_equal(out, aten_alpha(x, keep, 0.3))  # the test's reference formula is PyTorch's
-    assert_bitwise_equal(out, cpu.transform(x, keep, a, (b_keep, b_drop)).to(dtype))  # and fastdrop's
+    assert_bitwise_equal(out, reference.transform(x, keep, a, (b_keep, b_drop)).to(dtype))  # and fastdrop's
 
 
 def test_alpha_dropout_keeps_zero_mean_unit_variance():
@@ -429,16 +430,16 @@ KERNEL_CASES = {
 def test_kernel_equals_cpu_path(name, dtype):
     x = nonzero_randn((5, 9, 7, 11), dtype)
     fn = KERNEL_CASES[name]
-    cpu = fn(x, seed=SEED, offset=3, backend="cpu")
+    on_cpu = fn(x, seed=SEED, offset=3, backend="cpu")
     ker = fn(x.to(KDEV), seed=SEED, offset=3, backend="triton").cpu()
-    assert ker.stride() == cpu.stride()
+    assert ker.stride() == on_cpu.stride()
     if dtype == torch.bfloat16 and KDEV == "cpu" and "alpha" in name:
-        assert_close_truncated_alpha(ker, cpu, 0.3)
+        assert_close_truncated_alpha(ker, on_cpu, 0.3)
     elif dtype == torch.bfloat16 and KDEV == "cpu":  # the interpreter truncates to bfloat16
-        assert ulp_distance(ker, cpu).max().item() <= 1
-        assert torch.equal(ker == 0, cpu == 0)
+        assert ulp_distance(ker, on_cpu).max().item() <= 1
+        assert torch.equal(ker == 0, on_cpu == 0)
     else:
-        assert_bitwise_equal(ker, cpu)
+        assert_bitwise_equal(ker, on_cpu)
 
 
 @needs_kernels

@@ -41,10 +41,16 @@ def compile_ptx(fn, signature, constexprs, aligned_args):
 
 
 def scalars(names, seed_ptr):
+    """The run-time scalars' types: ints, or (seed_ptr: the CUDA-graph capture form) the seed, the
+    generator's counter offset and the saved state as pointers."""
     sig = {n: "i64" for n in names}
     if seed_ptr:
-        sig["seed"] = "*i64"
+        sig.update(seed="*i64", base_ptr="*i64", save_ptr="*i64")
     return sig
+
+
+def flags(seed_ptr):
+    return {"SEED_PTR": seed_ptr, "BASE_PTR": seed_ptr, "SAVE": seed_ptr}
 
 
 def contiguous_kernel_compiles_with_16_byte_loads():
@@ -57,11 +63,12 @@ def contiguous_kernel_compiles_with_16_byte_loads():
 def _contiguous(dtype, seed_ptr, small_ints=False):
     from fastdrop.kernels import dropout as K
     sig = {"X_ptr": f"*{dtype}", "Y_ptr": f"*{dtype}",
-           **scalars(["n", "seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits"], seed_ptr)}
+           **scalars(["n", "seed", "base", "base_ptr", "save_ptr", "threshold", "scale_bits", "add_bits",
+                      "drop_bits"], seed_ptr)}
     if small_ints:  # Triton types an int argument below 2**31 as i32: 0.0's bits at p == 1, seed 0
-        sig.update(seed="i32", base="i32", threshold="i32", scale_bits="i32")
+        sig.update(seed="i32", base="i32", base_ptr="i32", save_ptr="i32", threshold="i32", scale_bits="i32")
     ptx = compile_ptx(K._dropout_kernel, sig,
-                      {"SHIFT": 0, "BLOCK": K.BLOCK, "AFFINE": False, "SEED_PTR": seed_ptr,
+                      {"SHIFT": 0, "BLOCK": K.BLOCK, "AFFINE": False, **flags(seed_ptr),
                        "VEC": 8 if dtype in ("fp16", "bf16") else 4},
                       ["X_ptr", "Y_ptr", "n"])
     # 16-byte vector loads and stores: the kernel reads x once and writes y once at full width.
@@ -72,23 +79,24 @@ def _contiguous(dtype, seed_ptr, small_ints=False):
 
 def strided_grouped_and_broadcast_kernels_compile():
     from fastdrop.kernels import dropout as K
-    names = ["n", "seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits", "S1", "S2", "S3"]
+    runtime = ["seed", "base", "base_ptr", "save_ptr", "threshold", "scale_bits", "add_bits", "drop_bits"]
+    names = ["n", *runtime, "S1", "S2", "S3"]
     names += [f"{k}S{i}" for k in "XYL" for i in range(4)]
     compile_ptx(K._dropout_strided_kernel, {"X_ptr": "*bf16", "Y_ptr": "*bf16", **scalars(names, True)},
-                {"SHIFT": 1, "BLOCK": K.BLOCK, "AFFINE": True, "SEED_PTR": True}, ["X_ptr", "Y_ptr"])
-    names = ["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits", "O1", "A", "B"]
+                {"SHIFT": 1, "BLOCK": K.BLOCK, "AFFINE": True, **flags(True)}, ["X_ptr", "Y_ptr"])
+    names = [*runtime, "O1", "A", "B"]
     names += [f"{k}{d}" for k in "XYL" for d in ("O0", "O1", "A", "B")]
     for keep in range(5):
         sig = {"X_ptr": "*fp32", "Y_ptr": "*fp32", **scalars(names, keep == 0)}
         compile_ptx(K._dropout_bcast_kernel, sig,
-                    {"SHIFT": 0, "AFFINE": keep == 1, "SEED_PTR": keep == 0, "KEEP": keep, "BLOCK_A": 32,
+                    {"SHIFT": 0, "AFFINE": keep == 1, **flags(keep == 0), "KEEP": keep, "BLOCK_A": 32,
                      "BLOCK_B": 64, "VEC": 4, "IDX64": keep == 2}, ["X_ptr", "Y_ptr"])
-    names = ["seed", "base", "threshold", "scale_bits", "add_bits", "drop_bits", "O1", "NG", "I", "W"]
+    names = [*runtime, "O1", "NG", "I", "W"]
     names += [f"{k}{d}" for k in "XY" for d in ("O0", "O1", "W", "I")] + ["QO0", "QO1", "QI"]
     for vec, dtype in ((8, "fp16"), (4, "fp32"), (2, "fp64")):
         sig = {"X_ptr": f"*{dtype}", "Y_ptr": f"*{dtype}", **scalars(names, True)}
         compile_ptx(K._dropout_grouped_kernel, sig,
-                    {"SHIFT": 3, "AFFINE": True, "SEED_PTR": True, "BLOCK_G": 16, "BLOCK_I": 64, "VEC": vec,
+                    {"SHIFT": 3, "AFFINE": True, **flags(True), "BLOCK_G": 16, "BLOCK_I": 64, "VEC": vec,
                      "IDX64": vec == 2}, ["X_ptr", "Y_ptr"])
 
 
@@ -96,10 +104,13 @@ def residual_kernel_compiles():
     from fastdrop.kernels import dropout as K
     from fastdrop.kernels import residual as R
     sig = {"X_ptr": "*fp16", "B_ptr": "*fp16", "R_ptr": "*fp16", "Y_ptr": "*fp16",
-           **scalars(["n", "H", "seed", "base", "threshold", "scale_bits"], False)}
-    compile_ptx(R._dropout_add_kernel, sig,
-                {"SHIFT": 0, "HAS_BIAS": True, "BLOCK": K.BLOCK, "SEED_PTR": False, "VEC": 8},
-                ["X_ptr", "B_ptr", "R_ptr", "Y_ptr", "n"])
+           **scalars(["n", "H", "seed", "base", "base_ptr", "save_ptr", "threshold", "scale_bits"], False)}
+    for seed_ptr in (False, True):
+        if seed_ptr:
+            sig.update(seed="*i64", base_ptr="*i64", save_ptr="*i64")
+        compile_ptx(R._dropout_add_kernel, sig,
+                    {"SHIFT": 0, "HAS_BIAS": True, "BLOCK": K.BLOCK, **flags(seed_ptr), "VEC": 8},
+                    ["X_ptr", "B_ptr", "R_ptr", "Y_ptr", "n"])
 
 
 CASES = [contiguous_kernel_compiles_with_16_byte_loads, strided_grouped_and_broadcast_kernels_compile,

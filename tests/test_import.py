@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from fastdrop import family
+from fastdrop import variants
 
 HEAVY = ("triton", "torch._dynamo")
 
@@ -32,10 +32,10 @@ def test_a_cpu_call_loads_neither():
 
 
 def test_alpha_constants_are_marked_as_dynamo_marks_them():
-    # family marks _alpha_constants itself, as torch._dynamo.assume_constant_result would.
+    # variants marks alpha_form itself, as torch._dynamo.assume_constant_result would.
     marked = torch._dynamo.assume_constant_result(lambda: 0)
     assert {k: v for k, v in vars(marked).items()} == {"_dynamo_marked_constant": True}
-    assert family._alpha_constants._dynamo_marked_constant is True
+    assert variants.alpha_form._dynamo_marked_constant is True
 
 
 # ---- the checkout shadows no installed package ------------------------------------------------
@@ -130,4 +130,4 @@ def test_no_import_cycles():
     for n in sorted(graph):
         if n not in state:
             visit(n)
-    assert "fastdrop._masked" in graph and graph["fastdrop._masked"], "the import graph was not read"
+    assert "fastdrop._general" in graph and graph["fastdrop._general"], "the import graph was not read"

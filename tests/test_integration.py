@@ -130,8 +130,8 @@ def test_channels_last_stays_channels_last(backend, monkeypatch):
     if backend == "triton":
         from fastdrop.backends import triton as k
         seen = []
-        real = k.apply
-        monkeypatch.setattr(k, "apply", lambda a, *args, **kw: seen.append(a.data_ptr()) or real(a, *args, **kw))
+        real = k.launch
+        monkeypatch.setattr(k, "launch", lambda a, *args, **kw: seen.append(a.data_ptr()) or real(a, *args, **kw))
     y = fastdrop.dropout(x, 0.4, seed=3, backend=backend)
     assert y.is_contiguous(memory_format=torch.channels_last) and y.stride() == x.stride()
     assert torch.equal(y.cpu(), fastdrop.dropout(x.cpu().contiguous(), 0.4, seed=3, backend="cpu"))

@@ -1,28 +1,29 @@
 """The Triton backend: which kernel of ``fastdrop.kernels`` a call's layout takes, with what grid
-and tiles, and its launch.
+and tiles, and its launch through Triton (``kernel[grid]``).
 
-Imported at the first call that needs it (``fastdrop.backends.resolve``): triton takes 0.1-0.4 s
-to import, and the CPU backend never needs it.
+This is the Python launch: ``backend="triton"``, CUDA where fastdrop's C++ operators are not
+built, and the helper the C++ launch (``fastdrop/csrc/launch.cpp``) calls on a launch key it has
+not seen (``_triton_launch``): that helper launches through Triton and hands back what Triton
+compiled, so that the key's later calls launch from C++. The C++ planner is this file's, line
+for line (``layout_plan``, ``launch``, ``key_text``); tests hold the two equal.
+
+Imported at the first call that needs it (``fastdrop.backends.resolve``), or when the C++
+operators load on a CUDA build of torch: triton takes 0.1-0.4 s to import, and the CPU path
+never needs it.
 
 Layouts. An element's stream index is ``sum(coord * mask_stride)``: the row-major strides of the
 input (plain dropout) or of a broadcast noise shape with 0 on its size-1 dims. Each layout gets
 the kernel that keeps its accesses 16 bytes wide (see ``kernels/dropout.py``); a layout's plan
 (kernel, grid, walked strides, tiles) is a pure function of it and cached.
 
-Launches. ``kernel[grid](...)`` has Triton bind and specialize every argument on every call,
-which cost more host time than the kernel at small sizes. Everything Triton specializes on is
-fixed by a call's *launch key* (kernel, device, grid and layout arguments, dtype, 16-byte
-alignment of each pointer, the integer type each run-time scalar takes, the constexprs). The
-first call of a key launches through Triton (which compiles), and keeps the compiled kernel and
-its launcher; later calls of the key call that launcher directly. Before a compiled kernel's
-direct launch is trusted, it is run once on the same inputs into a second output and compared
-bit for bit with Triton's own launch; a difference or an error leaves that kernel on Triton's
-path, with one warning. Under CUDA-graph capture nothing is checked (no synchronization is
-allowed there): a key not yet known launches through Triton.
+Launch keys. Everything Triton specializes on is fixed by a call's launch key: kernel, device,
+grid and layout arguments, dtype and 16-byte alignment of each pointer, the integer type each
+run-time scalar takes, the constexprs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import struct
@@ -39,20 +40,21 @@ from ..kernels import residual as kr
 WORDS, BLOCK, NUM_WARPS = kd.WORDS, kd.BLOCK, kd.NUM_WARPS
 MAX_DIMS = 4  # dims the strided and broadcast kernels walk after merging; more are walked slice by slice
 INDEX32_LIMIT = 2**31  # in-tile offsets below this take 32-bit index math
-DIRECT = True  # launch known keys without Triton's per-call binding (bench.gpu_overhead compares both)
 
 
 # ---- the backend interface ------------------------------------------------------------------------
 
-def dropout_add(x, bias, residual, seed, offset, threshold, scale):
+def run(x, plan):
+    y = x if plan.inplace else torch.empty_like(x)
+    return launch(x, y, plan.seed, plan.offset, plan.threshold, plan.scale, noise_shape=plan.noise_shape,
+                  affine=plan.affine)
+
+
+def dropout_add(x, bias, residual, plan):
     """residual + dropout(x + bias), one pass; contiguous output (other layouts are copied first)."""
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     return launch_dropout_add(x.contiguous(), None if bias is None else bias.contiguous(), residual.contiguous(),
-                              y, seed, offset, threshold, scale)
-
-
-def fresh(x, seed, offset, threshold, scale, noise_shape, affine):
-    return None  # no native autograd node: the Python autograd.Function serves
+                              y, plan.seed, plan.offset, plan.threshold, plan.scale)
 
 
 # ---- layouts ----------------------------------------------------------------------------------------
@@ -195,59 +197,71 @@ def _float_bits(v):
 
 # ---- launches ---------------------------------------------------------------------------------------
 
+def _seed_scalars(seed, base_ptr, save):
+    """(seed, base_ptr, save_ptr) arguments and their constexpr flags. ``seed``: an int, a 1-element
+    int64 tensor, or a 2-element one holding (seed, Philox counter offset)."""
+    seed_ptr = not isinstance(seed, int)
+    if seed_ptr and seed.numel() == 2 and base_ptr is None:
+        seed, base_ptr = seed[:1], seed[1:]
+    return ((seed if seed_ptr else signed64(seed)), 0 if base_ptr is None else base_ptr, 0 if save is None else save,
+            dict(SEED_PTR=seed_ptr, BASE_PTR=base_ptr is not None, SAVE=save is not None))
+
+
 def launch(x, y, seed, offset, threshold, scale, block=BLOCK, *, noise_shape=None, mask_strides=None,
-           affine=None):
-    """y = dropout(x) by the mask contract; x and y have the same shape, any strides (the
-    backend interface's ``apply``).
+           affine=None, base_ptr=None, save=None):
+    """y = dropout(x) by the mask contract; x and y have the same shape, any strides.
 
     ``noise_shape``: one keep bit per element of that shape, shared along its size-1 dims; or
     ``mask_strides`` (one per dim of x) give each element's stream index as
     ``sum(coord * mask_stride)`` (default: x's row-major strides; zeros share one keep bit
     along a dim). ``affine=(add, drop)`` (floats) gives alpha dropout's form
-    ``keep ? x * scale + add : drop``, rounded as PyTorch rounds it. ``seed`` is an int, or
-    (CUDA-graph capture) a 1-element int64 device tensor the kernels read.
+    ``keep ? x * scale + add : drop``, rounded as PyTorch rounds it. ``seed`` is an int, or a
+    1-element int64 device tensor the kernels read (a compiled graph's seed), or a 2-element one
+    (seed, Philox counter offset). Under CUDA-graph capture, ``base_ptr`` is a tensor holding a
+    counter offset added to ``offset // 4``, and ``save`` a 2-element int64 tensor where the
+    kernel writes the (seed, counter) it used.
     """
     n = x.numel()
     if n == 0:
         return y
     if noise_shape is not None:
         mask_strides = noise_strides(noise_shape)
-    seed_ptr = not isinstance(seed, int)
     base, shift = divmod(offset, WORDS)
-    add_bits, drop_bits = (0, 0) if affine is None else (_float_bits(affine[0]), _float_bits(affine[1]))
-    scalars = (seed if seed_ptr else signed64(seed), base, threshold, _float_bits(scale), add_bits, drop_bits)
-    is_affine = affine is not None
     # Contiguous x and y with the row-major mask: the common case, decided without walking dims.
-    if mask_strides is None and x.is_contiguous() and y.is_contiguous():
-        _launch(kd, "_dropout_kernel", (_cdiv(n + shift, block),), (x, y, n), scalars, (),
-                dict(SHIFT=shift, BLOCK=block, AFFINE=is_affine, SEED_PTR=seed_ptr, VEC=vec_of(x)), not is_affine)
-        return y
-    plan = layout_plan(tuple(x.shape), x.stride(), y.stride(), None if mask_strides is None else tuple(mask_strides),
-                       x.element_size(), shift, block, INDEX32_LIMIT)
-    if plan is None:
+    contiguous = mask_strides is None and x.is_contiguous() and y.is_contiguous()
+    plan = None if contiguous else layout_plan(tuple(x.shape), x.stride(), y.stride(),
+                                               None if mask_strides is None else tuple(mask_strides),
+                                               x.element_size(), shift, block, INDEX32_LIMIT)
+    if plan is None and not contiguous:
         return _launch_sliced(x, y, seed, offset, threshold, scale, block,
-                              row_major(x.shape) if mask_strides is None else mask_strides, affine)
+                              row_major(x.shape) if mask_strides is None else mask_strides, affine, base_ptr, save)
+    seed, base_ptr, save, flags = _seed_scalars(seed, base_ptr, save)
+    add_bits, drop_bits = (0, 0) if affine is None else (_float_bits(affine[0]), _float_bits(affine[1]))
+    scalars = (seed, base, base_ptr, save, threshold, _float_bits(scale), add_bits, drop_bits)
+    is_affine = affine is not None
+    if contiguous:
+        _launch(kd, "_dropout_kernel", (_cdiv(n + shift, block),), (x, y, n), scalars, (),
+                dict(SHIFT=shift, BLOCK=block, AFFINE=is_affine, **flags, VEC=vec_of(x)), not is_affine)
+        return y
     name, grid, pre, post, const = plan
     _launch(kd, name, grid, (x, y, *pre), scalars, post,
-            dict(SHIFT=shift, AFFINE=is_affine, SEED_PTR=seed_ptr, **const), not is_affine)
+            dict(SHIFT=shift, AFFINE=is_affine, **flags, **const), not is_affine)
     return y
 
 
-apply = launch  # the backend interface (fastdrop.backends)
-
-
-def _launch_sliced(x, y, seed, offset, threshold, scale, block, mask_strides, affine):
+def _launch_sliced(x, y, seed, offset, threshold, scale, block, mask_strides, affine, base_ptr, save):
     # More dims than the kernels walk: launch once per index of y's outermost dim. Slice i
     # of dim d is the same op at stream offset offset + i * mask_stride[d].
     d = max((d for d in range(x.dim()) if x.shape[d] != 1), key=lambda d: y.stride(d))
     rest = tuple(mask_strides[:d]) + tuple(mask_strides[d + 1:])
     for i in range(x.shape[d]):
         launch(x.select(d, i), y.select(d, i), seed, offset + i * mask_strides[d], threshold, scale,
-               block, mask_strides=rest, affine=affine)
+               block, mask_strides=rest, affine=affine, base_ptr=base_ptr, save=save)
     return y
 
 
-def launch_dropout_add(x, bias, residual, y, seed, offset, threshold, scale, block=BLOCK):
+def launch_dropout_add(x, bias, residual, y, seed, offset, threshold, scale, block=BLOCK, *, base_ptr=None,
+                       save=None):
     """y = residual + dropout(x + bias); x, residual, y contiguous of one shape, bias (x.shape[-1],) or None."""
     n = x.numel()
     if n == 0:
@@ -255,28 +269,34 @@ def launch_dropout_add(x, bias, residual, y, seed, offset, threshold, scale, blo
     for name, t in (("x", x), ("residual", residual), ("y", y), ("bias", bias)):
         if t is not None and not t.is_contiguous():
             raise ValueError(f"dropout_add kernel: {name} must be contiguous")
-    seed_ptr = not isinstance(seed, int)
+    seed, base_ptr, save, flags = _seed_scalars(seed, base_ptr, save)
     base, shift = divmod(offset, WORDS)
     width = x.shape[-1] if x.dim() else 1
     # No fp fusion: (x + bias) * scale + residual rounds like the CPU path's separate ops.
     _launch(kr, "_dropout_add_kernel", (_cdiv(n + shift, block),),
             (x, x if bias is None else bias, residual, y, n, width),
-            (seed if seed_ptr else signed64(seed), base, threshold, _float_bits(scale)), (),
-            dict(SHIFT=shift, HAS_BIAS=bias is not None, BLOCK=block, SEED_PTR=seed_ptr, VEC=vec_of(x)), False)
+            (seed, base, base_ptr, save, threshold, _float_bits(scale)), (),
+            dict(SHIFT=shift, HAS_BIAS=bias is not None, BLOCK=block, **flags, VEC=vec_of(x)), False)
     return y
 
 
-# ---- direct launches --------------------------------------------------------------------------------
-
-_direct: dict = {}  # launch key -> its launcher (a known, checked compiled kernel), or None: Triton's path
-_checked: dict = {}  # compiled kernel -> whether its direct launch gave Triton's bits
-_warned = False
-_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # the stream Triton's own launch takes
-_LATER = object()  # not learned on this call (capture, or written in place): the next call tries again
+_recorded = None  # while the C++ launch's helper runs: (launch key, compiled kernel, kernel, args) per launch
 
 
-def _on_gpu(x) -> bool:
-    return x.is_cuda
+def _launch(module, name, grid, lead, scalars, post, constexprs, fp_fusion):
+    """One launch of ``module.name`` through Triton: positional args ``lead`` (pointers and layout
+    sizes), the run-time ``scalars`` (seed, offsets, threshold, float bits: not specialized),
+    ``post`` (layout strides), then the constexprs."""
+    kernel = getattr(module, name)  # looked up at each call, so that a replaced kernel is the one run
+    args = (*lead, *scalars, *post)
+    compiled = kernel[grid](*args, **constexprs, num_warps=NUM_WARPS, enable_fp_fusion=fp_fusion)
+    if _recorded is not None:
+        _recorded.append((launch_key(name, grid, lead, scalars, post, constexprs, fp_fusion), compiled, kernel, args))
+
+
+# ---- launch keys and the C++ launch's helper -----------------------------------------------------
+
+_DTYPES = {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32", torch.float64: "f64"}
 
 
 def _int_kind(v) -> str:
@@ -284,99 +304,103 @@ def _int_kind(v) -> str:
     return "i32" if -2**31 <= v < 2**31 else "i64" if -2**63 <= v < 2**63 else "u64"
 
 
-def _arg_key(a):
-    if isinstance(a, torch.Tensor):
-        return a.dtype, a.data_ptr() % 16 == 0
-    return a
+def launch_key(name, grid, lead, scalars, post, constexprs, fp_fusion) -> str:
+    """A launch's key as text: name|device|grid|lead|scalars|post|constexprs|fp_fusion, the text the
+    C++ launch builds for the same call (fastdrop/csrc/launch.cpp, key_of)."""
+    device = next(a for a in lead if isinstance(a, torch.Tensor)).get_device()
+    lead_k = [f"{_DTYPES[a.dtype]}:{int(a.data_ptr() % 16 == 0)}" if isinstance(a, torch.Tensor) else str(a)
+              for a in lead]
+    scalar_k = [f"p:{int(a.data_ptr() % 16 == 0)}" if isinstance(a, torch.Tensor) else _int_kind(a) for a in scalars]
+    consts = [str(int(v)) for v in constexprs.values()]
+    return "|".join([name, str(device), str(grid[0]), ",".join(lead_k), ",".join(scalar_k),
+                     ",".join(map(str, post)), ",".join(consts), str(int(fp_fusion))])
 
 
-def _launch(module, name, grid, lead, scalars, post, constexprs, fp_fusion):
-    """One launch of ``module.name``: positional args ``lead`` (pointers and layout sizes), the
-    run-time ``scalars`` (seed, offsets, threshold, float bits: not specialized), ``post``
-    (layout strides), then the constexprs."""
-    kernel = getattr(module, name)  # looked up at each call, so that a replaced kernel is the one run
-    args = (*lead, *scalars, *post)
-    x = lead[0]
-    if not (DIRECT and _on_gpu(x)):
-        kernel[grid](*args, **constexprs, num_warps=NUM_WARPS, enable_fp_fusion=fp_fusion)
-        return
-    key = (name, x.get_device(), grid, tuple(map(_arg_key, lead)), tuple(map(_arg_key_scalar, scalars)), post,
-           tuple(constexprs.values()), fp_fusion)
-    run = _direct.get(key)
-    if run is not None:
-        run(grid, args)
-        return
-    compiled = kernel[grid](*args, **constexprs, num_warps=NUM_WARPS, enable_fp_fusion=fp_fusion)
-    learned = _learn(kernel, compiled, grid, args, constexprs, fp_fusion)
-    if learned is not _LATER:
-        _direct[key] = learned
-
-
-def _arg_key_scalar(a):
-    if isinstance(a, torch.Tensor):  # the seed, read from device memory (CUDA-graph capture)
-        return "ptr", a.data_ptr() % 16 == 0
-    return _int_kind(a)
-
-
-def _learn(kernel, compiled, grid, args, constexprs, fp_fusion):
-    """The direct launcher of a compiled kernel, once it has given Triton's bits; None to stay on
-    Triton's path (a difference, an error, scratch memory); _LATER where it cannot be checked on
-    this call (under capture, or written in place)."""
-    global _warned
-    if hasattr(compiled, "result"):  # an asynchronous compile
-        compiled = compiled.result()
-    if compiled not in _checked and (torch.cuda.is_current_stream_capturing() or _in_place(kernel, args)):
-        return _LATER
+@contextlib.contextmanager
+def recording():
+    """The launches made inside, as (key, compiled kernel, kernel, args)."""
+    global _recorded
+    outer, _recorded = _recorded, []
     try:
-        names = kernel.arg_names
-        tail = names[len(args):]
-        meta = compiled.metadata
-        hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
-        if (set(tail) != set(constexprs) or getattr(meta, "global_scratch_size", 0)
-                or getattr(meta, "profile_scratch_size", 0) or any(getattr(h, "calls", h) for h in hooks)):
-            return None  # scratch memory, or launch hooks (a profiler's): Triton's launch handles them
-        launcher = compiled.run  # loads the module on the current device
-        function, packed = compiled.function, compiled.packed_metadata
-        const_values = tuple(constexprs[n] for n in tail)
-        tensors = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
-        device = args[0].get_device()
-        raw_stream = _raw_stream
-
-        def run(grid, args):
-            values = list(args)
-            for i in tensors:
-                values[i] = values[i].data_ptr()
-            launcher(grid[0], 1, 1, raw_stream(device), function, packed, None, None, None, *values, *const_values)
-
-        if compiled not in _checked:
-            _checked[compiled] = _same_bits(run, kernel, grid, args, constexprs, fp_fusion)
-        if _checked[compiled]:
-            return run
-        reason = "its output differed from Triton's launch"
-    except Exception as e:  # noqa: BLE001 - any failure keeps Triton's own launch, which works
-        _checked[compiled] = False
-        reason = f"{type(e).__name__}: {e}"
-    if not _warned:
-        _warned = True
-        warnings.warn(f"fastdrop: the direct launch of {kernel.fn.__name__} is not used ({reason}); Triton's own "
-                      f"launch serves it", RuntimeWarning, stacklevel=4)
-    return None
+        yield _recorded
+    finally:
+        _recorded = outer
 
 
-def _in_place(kernel, args) -> bool:
-    y = args[kernel.arg_names.index("Y_ptr")]
-    return any(a is not y and isinstance(a, torch.Tensor) and a.data_ptr() == y.data_ptr() for a in args)
+_TYPE_BYTES = {"i32": 4, "u32": 4, "i64": 8, "u64": 8}
 
 
-def _same_bits(run, kernel, grid, args, constexprs, fp_fusion) -> bool:
-    """Triton's launch and the direct one, each into its own output from the same inputs: equal bits?"""
-    out = kernel.arg_names.index("Y_ptr")
-    y = args[out]
-    outputs = []
-    for launch_with in (lambda a: kernel[grid](*a, **constexprs, num_warps=NUM_WARPS, enable_fp_fusion=fp_fusion),
-                        lambda a: run(grid, a)):
-        o = torch.empty_strided(y.shape, y.stride(), dtype=y.dtype, device=y.device).fill_(7.0)
-        launch_with(args[:out] + (o,) + args[out + 1:])
-        outputs.append(o)
-    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[y.element_size()]
-    return torch.equal(outputs[0].view(ints), outputs[1].view(ints))
+def kernel_info(compiled, kernel, args) -> list:
+    """What the C++ launch needs of a compiled kernel: [length, CUfunction, warps, shared memory,
+    trailing null pointers, one type per positional argument (0: a constexpr of this
+    specialization, 1: a pointer, else the int's bytes)], or [2, 0] where Triton's own launch must
+    serve it (scratch memory, clusters, launch hooks, an argument type it does not pass)."""
+    meta = compiled.metadata
+    hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
+    if (getattr(meta, "global_scratch_size", 0) or getattr(meta, "profile_scratch_size", 0)
+            or getattr(meta, "num_ctas", 1) != 1 or getattr(meta, "launch_cooperative_grid", False)
+            or getattr(meta, "launch_pdl", False) or any(getattr(h, "calls", h) for h in hooks)):
+        return [2, 0]
+    signature = compiled.src.signature
+    types = []
+    for name in kernel.arg_names[:len(args)]:
+        ty = signature[name]
+        if ty == "constexpr":
+            types.append(0)
+        elif ty.startswith("*"):
+            types.append(1)
+        elif ty in _TYPE_BYTES:
+            types.append(_TYPE_BYTES[ty])
+        else:
+            return [2, 0]
+    compiled._init_handles()  # loaded on the current device (the launch has done it)
+    nulls = 2 if hasattr(meta, "profile_scratch_size") else 1 if hasattr(meta, "global_scratch_size") else 0
+    return [5 + len(types), int(compiled.function), meta.num_warps, meta.shared, nulls, *types]
+
+
+def _launches(recorded):
+    keys, infos = [], []
+    for key, compiled, kernel, args in recorded:
+        keys.append(key)
+        infos += kernel_info(compiled, kernel, args)
+    return keys, infos
+
+
+def _noise(x, shared):
+    return None if not shared else tuple(1 if d in shared else s for d, s in enumerate(x.shape))
+
+
+def _helper_dropout(x, y, seed_tensor, base_ptr, save, seed, offset, threshold, scale, affine, shared):
+    """fastdrop::_triton_launch: y = dropout(x) through Triton, for the C++ launch; returns the
+    launches' keys and kernel_info."""
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext(), recording() as rec:
+        launch(x, y, seed_tensor if seed_tensor is not None else seed % 2**64, offset % 2**64, threshold, scale,
+               noise_shape=_noise(x, shared), affine=None if affine is None else tuple(affine), base_ptr=base_ptr,
+               save=save)
+    return _launches(rec)
+
+
+def _helper_dropout_add(x, bias, residual, y, seed_tensor, base_ptr, save, seed, offset, threshold, scale):
+    """fastdrop::_triton_launch_add: y = residual + dropout(x + bias) through Triton, for the C++ launch."""
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext(), recording() as rec:
+        launch_dropout_add(x, bias, residual, y, seed_tensor if seed_tensor is not None else seed % 2**64,
+                           offset % 2**64, threshold, scale, base_ptr=base_ptr, save=save)
+    return _launches(rec)
+
+
+def _warn(like, message):
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+
+_library = None
+
+
+def register_helper():
+    """Give the C++ launch its helper operators (their schemas are the C++ library's)."""
+    global _library
+    if _library is None:
+        lib = torch.library.Library("fastdrop", "IMPL")
+        lib.impl("_triton_launch", _helper_dropout, "CompositeExplicitAutograd")
+        lib.impl("_triton_launch_add", _helper_dropout_add, "CompositeExplicitAutograd")
+        lib.impl("_warn", _warn, "CompositeExplicitAutograd")
+        _library = lib

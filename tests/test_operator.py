@@ -1,13 +1,12 @@
-"""The CPU backend's C++ operator and autograd node (``fastdrop.backends.cpu``) that CPU dropout
-written out of place takes: built at first use (or by the set-up), the same bits and gradients
-as the Python Function for every dtype, layout and noise form, on one or more threads,
-differentiable again, used only where it applies; a failed build leaves one warning and the
-torch-ops path; a plain pip install gets it too (a forked child: test_cpu_path)."""
+"""The C++ operator fastdrop::dropout and its autograd node, which every call on a plain tensor
+runs: the same bits and gradients as the Python DropoutFunction around it for every dtype,
+layout and noise form, on one or more threads, differentiable again, no node where autograd
+records nothing; few Python frames in front of it, none inside a compiled call; two identical
+compiled calls stay two; torch.library.opcheck; a plain pip install gets it too."""
 
 import contextlib
 import math
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +16,11 @@ import torch
 from reference import FLOAT_DTYPES, assert_bitwise_equal, nonzero_randn, reference_dropout
 
 import fastdrop
-from fastdrop.backends import cpu
+from fastdrop import _general
+from fastdrop.backends import load_native
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_op = pytest.mark.skipif(cpu.ops() is None, reason="the C++ CPU operators could not be built here")
+needs_op = pytest.mark.skipif(load_native() is None, reason="the C++ operators could not be built here")
 
 
 def test_the_setup_built_it():
@@ -28,7 +28,7 @@ def test_the_setup_built_it():
     stamp = ROOT / ".venv" / ".built"
     if not stamp.exists() or Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
         pytest.skip("not the set-up's environment")
-    assert cpu.library_path().exists() and cpu.ops() is not None
+    assert load_native() is not None
 
 
 def node_name(y):
@@ -37,9 +37,9 @@ def node_name(y):
 
 @pytest.fixture
 def python_function(monkeypatch):
-    """Calls inside take the Python autograd.Function (the operator looks unbuilt)."""
+    """Calls inside take the Python DropoutFunction around the operator (below autograd)."""
     def use():
-        monkeypatch.setattr(cpu, "fresh", lambda *args: None)
+        monkeypatch.setattr(_general, "native", object())  # the general path's test for the operator fails
     return use
 
 
@@ -89,7 +89,7 @@ def test_same_bits_and_gradients_as_the_python_function(dtype, noise, alpha, thr
         want = grads(x, 0.3, seed, offset, g, gg, noise_shape, alpha)
     finally:
         torch.set_num_threads(before)
-    assert got[-1] == "CppFunction" and want[-1] == "MaskedDropoutBackward"
+    assert got[-1] == "CppFunction" and want[-1] == "DropoutFunctionBackward"
     for a, b in zip(got[:-1], want[:-1]):
         assert_bitwise_equal(a, b)
     if noise_shape is None and not alpha:
@@ -134,78 +134,30 @@ def test_used_only_where_it_applies():
     t = x.t()  # any layout, kept
     assert node_name(fastdrop.dropout(t, 0.5)) == "CppFunction"
     assert fastdrop.dropout(t, 0.5).stride() == t.stride()
-    # The Python Function serves in place (it marks the input dirty), forward-mode AD (its
-    # jvp) and torch.func.
+    # In place where autograd records: the node, copied in (autograd records the copy).
     h = x * 1
     fastdrop.dropout(h, 0.5, inplace=True)
-    assert node_name(h) == "MaskedDropoutBackward"
+    assert node_name(h) == "CopyBackwards"
+    # The Python Function serves forward-mode AD (its jvp) and torch.func.
     import torch.autograd.forward_ad as fwad
     with fwad.dual_level():
         dual = fwad.make_dual(x, torch.ones_like(x))
         y = fastdrop.dropout(dual, 0.5, seed=9)
-        assert node_name(y) == "MaskedDropoutBackward"
+        assert node_name(y) == "DropoutFunctionBackward"
         assert torch.equal(fwad.unpack_dual(y).tangent, fastdrop.dropout(torch.ones_like(x), 0.5, seed=9))
     gx = torch.func.grad(lambda v: fastdrop.dropout(v, 0.5, seed=9).sum())(x)
     assert torch.equal(gx, fastdrop.dropout(torch.ones_like(x), 0.5, seed=9))
 
 
-WITHOUT = """
-import sys, warnings, torch, fastdrop
-from fastdrop.backends import cpu
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    x = torch.randn(1000, requires_grad=True)
-    y = fastdrop.dropout(x, 0.5, seed=4)
-    (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
-    z = fastdrop.dropout_add(x.detach(), x.detach(), 0.3, seed=5)
-    m = fastdrop.dropout_mask((1000,), 0.5, seed=4)
-ours = [w for w in caught if "fastdrop" in str(w.message)]
-assert cpu.ops() is None, "the operators loaded"
-assert len(ours) == 1, [str(w.message) for w in ours]
-print(str(ours[0].message).replace(chr(10), " "))
-print(type(y.grad_fn).__name__)
-torch.save((x.detach(), y.detach(), g, z, m), sys.argv[1])
-"""
-
-
-@pytest.mark.parametrize("why", ["no compiler", "failing compiler"])
-def test_a_failed_build_leaves_the_torch_ops_path_with_one_warning(why, tmp_path):
-    # A fresh cache folder and a compiler that is absent or fails: one warning that says why,
-    # then the same bits through torch ops.
-    cxx = str(tmp_path / "absent-c++") if why == "no compiler" else "false"
-    env = dict(os.environ, FASTDROP_CACHE=str(tmp_path / "cache"), CXX=cxx)
-    done = subprocess.run([sys.executable, "-c", WITHOUT, str(tmp_path / "out.pt")], env=env, check=True,
-                          capture_output=True, text=True, timeout=120)
-    message, node = done.stdout.strip().splitlines()[-2:]
-    assert "not available" in message and "torch ops instead" in message
-    assert ("could not run" if why == "no compiler" else "failed") in message
-    assert node == "MaskedDropoutBackward"
-    x, y, g, z, m = torch.load(tmp_path / "out.pt")
-    assert_bitwise_equal(y, reference_dropout(x, 0.5, 4))
-    assert_bitwise_equal(g, fastdrop.dropout(torch.ones_like(x), 0.5, seed=4))
-    assert_bitwise_equal(z, fastdrop.dropout_add(x, x, 0.3, seed=5))
-    assert torch.equal(m, fastdrop.dropout_mask((1000,), 0.5, seed=4))
-
-
-def test_the_library_is_named_by_its_source_and_torch(monkeypatch, tmp_path):
-    # A library built from other source, or for another torch, is never the one loaded.
-    name = cpu.library_path().name
-    assert re.sub(r"[^0-9A-Za-z.]", "_", torch.__version__) in name
-    edited = tmp_path / "ops.cpp"
-    edited.write_text(cpu.SOURCE.read_text() + "\n// an edit\n")
-    monkeypatch.setattr(cpu, "SOURCE", edited)
-    assert cpu.library_path().name != name
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the operators are built on Linux")
 def test_a_plain_pip_install_gets_the_operators(tmp_path):
-    # pip install (no editable checkout, no set-up step) carries ops.cpp, and the first CPU call
-    # builds it (into the cache this run uses, which holds it already: same source and torch).
+    # pip install (no editable checkout, no set-up step) carries the C++ sources, and the first
+    # call builds them (into the cache this run uses, which holds them already: same key).
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(tmp_path / "site"), str(ROOT)], check=True, timeout=300, capture_output=True)
-    code = ("import torch, fastdrop; from fastdrop.backends import cpu; print(fastdrop.__file__); "
+    code = ("import torch, fastdrop; from fastdrop import _library; print(fastdrop.__file__); "
             "y = fastdrop.dropout(torch.randn(64, requires_grad=True), 0.5, seed=1); "
-            "print(cpu.ops() is not None, type(y.grad_fn).__name__)")
+            "print(_library.ops is not None, type(y.grad_fn).__name__)")
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, capture_output=True,
                           text=True, timeout=300)
@@ -226,3 +178,107 @@ def test_compiled_autograd_runs_the_node():
     with enable(torch.compile(backend="eager")):
         (y * y).sum().backward()
     assert_bitwise_equal(x.grad, 2 * y * fastdrop.dropout(torch.ones_like(x), 0.5, seed=1))
+
+
+# ---- the Python in front of the operator ------------------------------------------------------
+
+PACKAGE = str(Path(fastdrop.__file__).parent)
+
+
+def fastdrop_frames_before_the_operator(fn):
+    """fastdrop's Python functions entered during fn(), counted with sys.setprofile, and whether
+    the C++ operator ran (its kernel is a C function called from the last of them)."""
+    entered = []
+
+    def hook(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(PACKAGE):
+            entered.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}")
+
+    sys.setprofile(hook)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return entered
+
+
+@needs_op
+@pytest.mark.parametrize("grad", [False, True])
+def test_at_most_three_python_functions_before_the_operator(grad):
+    x = torch.randn(8, 4, 2, 2, requires_grad=grad)
+    r = torch.randn_like(x)
+    calls = {
+        "Dropout module": (fastdrop.Dropout(0.1), lambda m: m(x)),
+        "Dropout2d module": (fastdrop.Dropout2d(0.1), lambda m: m(x)),
+        "AlphaDropout module": (fastdrop.AlphaDropout(0.1), lambda m: m(x)),
+        "DropPath module": (fastdrop.DropPath(0.1), lambda m: m(x)),
+        "dropout": (None, lambda m: fastdrop.dropout(x, 0.1)),
+        "dropout2d": (None, lambda m: fastdrop.dropout2d(x, 0.1)),
+        "drop_path": (None, lambda m: fastdrop.drop_path(x, 0.1, True)),
+        "dropout_add": (None, lambda m: fastdrop.dropout_add(x, r, 0.1)),
+    }
+    for name, (module, call) in calls.items():
+        for _ in range(2):  # warm: the first call loads the operators and fills caches
+            call(module)
+        frames = fastdrop_frames_before_the_operator(lambda: call(module))
+        assert len(frames) <= 3, (name, frames)
+
+
+@needs_op
+def test_the_frame_count_sees_the_general_path():
+    # The counter counts: a seeded call takes the general path, with more frames.
+    x = torch.randn(16)
+    assert len(fastdrop_frames_before_the_operator(lambda: fastdrop.dropout(x, 0.1, seed=3))) > 3
+
+
+@needs_op
+def test_a_compiled_call_enters_no_fastdrop_python_after_warm_up():
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), fastdrop.Dropout(0.2), torch.nn.ReLU(),
+                                fastdrop.Dropout2d(0.1))
+    step = torch.compile(lambda v: model(v).sum(), backend="inductor")
+    x = torch.randn(4, 16, 1, 1).view(4, 16)
+    for _ in range(3):
+        step(x)
+    frames = fastdrop_frames_before_the_operator(lambda: step(x))
+    assert frames == [], frames
+
+
+@needs_op
+def test_two_identical_compiled_calls_stay_two():
+    # Each call's seed is a random op of the graph: graph passes cannot merge the two calls.
+    graphs = []
+
+    def backend(gm, inputs):
+        from torch._functorch.aot_autograd import aot_module_simplified
+
+        def keep(g, _):
+            graphs.append(str(g.code))
+            return g
+        return aot_module_simplified(gm, inputs, fw_compiler=keep)
+
+    def f(v):
+        return fastdrop.dropout(v, 0.5), fastdrop.dropout(v, 0.5)
+
+    a, b = torch.compile(f, backend=backend)(torch.ones(4096))
+    assert graphs and graphs[0].count("fastdrop.dropout") == 2, graphs
+    assert not torch.equal(a, b)  # two masks of 4096 bits: equal with probability 2**-4096
+    a, b = torch.compile(f, backend="inductor")(torch.ones(4096))
+    assert not torch.equal(a, b)
+
+
+@needs_op
+@pytest.mark.parametrize("op,args", [
+    ("dropout", lambda x: (x, 0.3, None, None, None, 5, 8)),
+    ("dropout", lambda x: (x, 0.3, [1], 2.0, [0.5, -1.0], -3, 1 << 40)),
+    ("dropout", lambda x: (x, 0.3, None, None, None, None, 0, None, torch.tensor([7]))),
+    ("dropout_add", lambda x: (x, x[0], x, 0.3, 5, 0)),
+])
+def test_opcheck(op, args):
+    x = torch.randn(3, 16, requires_grad=True)
+    torch.library.opcheck(getattr(torch.ops.fastdrop, op).default, args(x))
+
+
+@needs_op
+def test_the_operator_is_pt2_compliant():
+    for op in (torch.ops.fastdrop.dropout, torch.ops.fastdrop.dropout_, torch.ops.fastdrop.dropout_add):
+        assert torch.Tag.pt2_compliant_tag in op.default.tags
