@@ -7,10 +7,12 @@
     python -m bench.microbench --full --record   # publish: into bench/results/
 
 Writes <device>.csv (<device>-quick.csv for the quick run) and a plot next to it into
-bench/out/ (ignored by git), --out DIR, or with --record bench/results/, the tracked
-folder the README table is generated from. Every provider's bandwidth uses the same byte
-count (see ``bytes_moved``). On CPU a case's providers are timed in alternating rounds
-(``time_cpu``), so the machine's drift falls on all of them alike.
+bench/out/ (ignored by git), --out DIR, or with --record bench/results/, the tracked folder
+whose README.md is generated from its records (python -m bench.report --write). Every
+provider's bandwidth uses the same byte count (see ``bytes_moved``). On CPU a case's providers
+are timed in alternating rounds (``time_cpu``), so the machine's drift falls on all of them
+alike. The console labels every row (LEGEND) and ends with fastdrop's speed-up over PyTorch
+eager per size and dtype (``bench.report.speedup_text``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
 
 import fastdrop
+
+from .report import speedup_text
 
 try:
     import triton
@@ -192,16 +196,35 @@ def run_variant(dt, n, variant, p, full):
 
 
 def fmt_row(r):
+    """One console row: every column labelled by LEGEND (the variant is "dropout" for plain dropout)."""
     def num(v, spec):
         return format(v, spec) if isinstance(v, float) and not math.isnan(v) else "-"
-    return (f"{r['dtype']:>5} 2^{int(math.log2(r['numel'])):<3}{r['mode']:>22} {r['provider']:>14}"
-            f"{r['median_ms']:>11.4f}{r['p20_ms']:>11.4f}{r['p80_ms']:>11.4f}{r['gbps']:>9.2f}"
-            f"{r['pct_roofline']:>8.1f}%{num(r['speedup_vs_eager'], '.2f'):>10}"
+    if r["mode"] in MODES:
+        variant, pass_ = "dropout", r["mode"]
+    else:  # "<variant> forward"
+        variant, pass_ = r["mode"].rsplit(" ", 1)
+    return (f"{r['dtype']:<5} 2^{int(math.log2(r['numel'])):<3} {variant:<13} {pass_:<16} {r['provider']:<13}"
+            f"{r['median_ms']:>10.4f}{r['p20_ms']:>10.4f}{r['p80_ms']:>10.4f}{r['gbps']:>9.2f}"
+            f"{r['pct_roofline']:>7.1f}%{num(r['speedup_vs_eager'], '.2f'):>9}"
             f"{num(r['saved_bytes_per_elem'], '.2f'):>7}")
 
 
-HEADER = (f"{'dtype':>5} {'numel':<5}{'mode':>22} {'provider':>14}{'median ms':>11}{'p20 ms':>11}"
-          f"{'p80 ms':>11}{'GB/s':>9}{'% copy':>9}{'vs eager':>10}{'saved':>7}")
+HEADER = (f"{'dtype':<5} {'size':<5} {'variant':<13} {'pass':<16} {'provider':<13}{'median ms':>10}"
+          f"{'p20 ms':>10}{'p80 ms':>10}{'GB/s':>9}{'% copy':>8}{'speed-up':>9}{'saved':>7}")
+
+LEGEND = """\
+Each row times one provider on one case; the providers of a case are timed side by side.
+  size        elements of the input, as a power of two
+  variant     dropout, or one of the family (dropout2d, drop_path, noise_shape, alpha_dropout,
+              dropout_add); pass: forward, backward (on a graph built beforehand), or both
+  provider    fastdrop; torch = PyTorch eager (F.dropout, or what a PyTorch user writes for the
+              variant); torch.compile = torch.compile(F.dropout); copy = a plain copy (the roofline)
+  median ms   time per call; p20 ms / p80 ms: the 20th and 80th percentiles over the timing rounds
+  GB/s        effective bandwidth: 2 x itemsize x elements per pass (reads one tensor, writes one)
+  % copy      the plain copy's time / this one's: 100% runs at the speed of a copy
+  speed-up    PyTorch eager's time / this one's: >1 means faster than PyTorch eager
+  saved       bytes per element autograd keeps for backward (fastdrop: 0, its backward regenerates
+              the mask from the seed; - where not measured)"""
 
 
 def run_block(device, dt, n, p, ops, skipped, failed, saved, full):
@@ -296,7 +319,8 @@ def main(argv=None):
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--out", type=Path, default=None, help="folder for the CSV and plot (default bench/out/)")
     where.add_argument("--record", action="store_true",
-                       help="write into bench/results/, the published results the README table is made from")
+                       help="write into bench/results/, the published records "
+                            "(then: python -m bench.report --write)")
     ap.add_argument("--p", type=float, default=0.5, help="drop probability (default 0.5)")
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds: start no new size after this (the CSV keeps what was measured)")
@@ -313,6 +337,7 @@ def main(argv=None):
                   date=datetime.date.today().isoformat(), threads=torch.get_num_threads())
     print(f"{dev}: torch {common['torch']}, triton {common['triton']}, {common['threads']} threads, "
           f"p={args.p}, {'full' if args.full else 'quick'} sweep")
+    print(LEGEND, flush=True)
     ops, skipped, failed, saved, rows = make_ops(), {}, {}, {}, []
     blocks = sweep(device, args.full)
     if device.type == "cpu" and not args.full:  # inductor compiles take minutes: fp32 only here
@@ -322,11 +347,12 @@ def main(argv=None):
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         for i, (dt, n, variant) in enumerate(blocks, 1):
-            elapsed, size = time.perf_counter() - start, f"{dt} 2^{n.bit_length() - 1} {variant or ''}"
+            elapsed = time.perf_counter() - start
+            size = f"{variant or 'dropout'}, {dt}, 2^{n.bit_length() - 1} elements"
             if args.budget is not None and elapsed > args.budget:
                 print(f"time budget of {args.budget:.0f} s spent: stopping before {size}")
                 break
-            print(f"[{i}/{len(blocks)}] {size}, {elapsed:.0f} s in\n{HEADER}", flush=True)
+            print(f"\n[{i}/{len(blocks)}] {size} ({elapsed:.0f} s in)\n{HEADER}", flush=True)
             try:
                 block = (run_variant(dt, n, variant, args.p, args.full) if variant else
                          run_block(device, dt, n, args.p, ops, skipped, failed, saved, args.full))
@@ -347,6 +373,10 @@ def main(argv=None):
     if rows:
         plot(rows, csv_path.with_suffix(".png"))
     print(f"tables: python -m bench.report {out}")
+    summary = speedup_text(rows)
+    if summary:
+        print(f"\n{dev}: torch {common['torch']}, {common['threads']} threads, p={args.p}, "
+              f"{'full' if args.full else 'quick'} sweep.\n{summary}", end="")
 
 
 if __name__ == "__main__":
