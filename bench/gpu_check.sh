@@ -20,7 +20,7 @@
 #   sanitizer.log    compute-sanitizer memcheck and racecheck over the kernel tests at small sizes,
 #                    or why it could not run here
 #   bench.log, <device>.csv/.png, report.md      the benchmark sweep and its table
-#   overhead.log     host time per call at 2^12 (python -m bench.gpu_overhead)
+#   overhead.log     host time per call at 2^12, C++ and Python launches against PyTorch (bench.host_cost)
 #   static_check.md/.json                        the static model of the kernels (sm_90 SASS)
 #   train_step.log, train_step.csv               STAGES=train only
 #   layouts.log, layouts/<device>.csv/.md        STAGES=layouts only (after static)
@@ -133,7 +133,7 @@ EOF
         ;;
     overhead)
         : > "$out/overhead.log"
-        run overhead "${limit[overhead]}" "$out/overhead.log" "$py" -m bench.gpu_overhead
+        run overhead "${limit[overhead]}" "$out/overhead.log" "$py" -m bench.host_cost --device cuda --blocks 7
         ;;
     static)
         : > "$out/static_check.md"

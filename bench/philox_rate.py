@@ -1,11 +1,11 @@
-"""Philox4x32-10 words per second on one CPU core: the C++ loop against numpy's form.
+"""Philox4x32-10 words per second on one CPU core: the C++ loop against the torch-ops form.
 
     python -m bench.philox_rate
 
-The C++ loop (``fastdrop/backends/cpu/ops.cpp``, in the instruction-set form the machine
-runs: AVX-512, AVX2 or plain x86-64; ``FASTDROP_CPU_ISA=plain|v3`` picks a lesser one) is what
-the CPU path spends most of its time in; numpy's (``fastdrop.contract.stream_words``) is the
-torch-ops path's. Interleaved runs, best and median of 7.
+The C++ loop (``fastdrop/csrc/kernels.cpp``, built for the instruction set the machine runs:
+AVX-512, AVX2 or plain x86-64; ``FASTDROP_CPU_ISA=plain|x86-64-v3`` builds a lesser one) is what
+the CPU path spends most of its time in; ``fastdrop.contract.stream_words`` (torch ops) is the
+reference backend's. Interleaved runs, best and median of 7.
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ import time
 import torch
 
 from fastdrop import contract
-from fastdrop.backends import cpu
+from fastdrop.backends import load_native
 
 
 def main():
+    torch.set_num_threads(1)
     calls = 1 << 20
     out = torch.empty(calls, 4, dtype=torch.int32)
-    ops = cpu.ops()
-    runs = {"numpy (fastdrop.contract)": lambda: contract.stream_words((2 << 32) + 1, 0, 4 * calls)}
-    if ops is not None:
+    runs = {"torch ops (fastdrop.contract)": lambda: contract.stream_words((2 << 32) + 1, 0, 4 * calls)}
+    if load_native() is not None:
+        ops = torch.ops.fastdrop
         runs = {f"C++ ({ops.isa()})": lambda: ops.philox_words(out, 0, 1, 2), **runs}
     times = {name: [] for name in runs}
     for fn in runs.values():

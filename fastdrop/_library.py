@@ -46,9 +46,7 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).with_name("csrc")
-CPU_SOURCES = ("ops.cpp", "autograd.cpp", "kernels.cpp", "launch.cpp")
-CUDA_SOURCES = ("cuda.cpp",)
-HEADERS = ("ops.h", "kernels.h", "launch.h")
+HEADERS = ("ops.h", "kernels.h", "loops.h", "launch.h")
 ISA_FLAGS = {"x86-64-v4": ["-march=x86-64-v4"], "x86-64-v3": ["-march=x86-64-v3"], "plain": []}
 # x86-64 microarchitecture levels by /proc/cpuinfo's flags (v3 adds these to v2, v4 these to v3)
 _V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave", "sse4_1", "sse4_2", "ssse3", "popcnt"}
@@ -129,43 +127,54 @@ def has_cuda_part() -> bool:
     return torch.version.cuda is not None and (_torch_dirs()[1] / "libtorch_cuda.so").exists()
 
 
-def units(isa: str, cuda: bool):
-    """(source, flags) per translation unit, and the link flags. Paths (include and library
-    folders) are added when building: they are not part of the key."""
+def has_launch() -> bool:
+    """Whether the build has the C++ CUDA launch: where torch has CUDA, or where
+    $FASTDROP_CUDA_LAUNCH=1 asks for it (its tests, on a machine without a GPU)."""
+    return torch.version.cuda is not None or os.environ.get("FASTDROP_CUDA_LAUNCH") == "1"
+
+
+def units(isa: str, cuda: bool, launch: bool = False):
+    """(source, flags) per translation unit, and the link flags: only what this machine runs (the
+    CUDA parts where torch has CUDA). Paths (include and library folders) are added when
+    building: they are not part of the key."""
     common = ["-std=c++17", "-fPIC", "-w", "-ffp-contract=off",  # no FMA: PyTorch's rounding
               f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
     if cuda:
         common.append("-DFASTDROP_CUDA")
+    # Longest first, so that the last to start is short: the glue is mostly torch's headers.
     out = [
-        # The loops: the machine's instruction set, vectorized; no torch headers.
-        ("kernels.cpp", ["-O2", "-ftree-vectorize", "-fvect-cost-model=dynamic", *ISA_FLAGS[isa], *common]),
-        ("launch.cpp", ["-O2", *common]),
+        ("autograd.cpp", ["-O1", *common]),
         # ATen's parallel_for is inline OpenMP code: with -fopenmp it runs on the libgomp torch has
         # loaded (same soname), that is on PyTorch's own threads.
         ("ops.cpp", ["-O2", "-fopenmp", *common]),
-        ("autograd.cpp", ["-O1", *common]),  # glue, most of it torch's headers
     ]
+    if launch or cuda:
+        out.append(("cuda_launch.cpp", ["-O1", *common]))
     if cuda:
         out.append(("cuda.cpp", ["-O1", *common]))
+    # The loops: the machine's instruction set, vectorized; no torch headers; two halves by dtype.
+    loops = ["-O2", "-ftree-vectorize", "-fvect-cost-model=dynamic", *ISA_FLAGS[isa], *common]
+    out += [("kernels16.cpp", loops), ("kernels.cpp", loops)]
+    if launch or cuda:
+        out.append(("launch.cpp", ["-O2", *common]))
     libs = ["-ltorch_cpu", "-lc10"] + (["-ltorch_cuda", "-lc10_cuda"] if cuda else [])
     if torch.backends.openmp.is_available():
         libs.append("-lgomp")
     return out, libs
 
 
-def build_key(isa: str, cuda: bool) -> tuple:
+def build_key(isa: str, cuda: bool, launch: bool) -> tuple:
     """(name, key): the build's file name stem, readable, and the hash of what decides the binary."""
     h = hashlib.sha256()
-    for name in sorted(CPU_SOURCES + CUDA_SOURCES + HEADERS):
-        path = CSRC / name
-        if path.exists():
-            h.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-    tus, libs = units(isa, cuda)
+    tus, libs = units(isa, cuda, launch)
+    for name in sorted({src for src, _ in tus} | set(HEADERS)):
+        h.update(name.encode() + b"\0" + (CSRC / name).read_bytes() + b"\0")
     material = [torch.__version__, torch.version.git_version, str(torch._C._GLIBCXX_USE_CXX11_ABI),
                 str(torch.version.cuda), compiler(), tus, libs, isa, cuda]
     h.update(json.dumps(material, sort_keys=True).encode())
     version = "".join(c if c.isalnum() or c == "." else "_" for c in torch.__version__)
-    return f"fastdrop-torch{version}-{isa}{'-cuda' if cuda else ''}", h.hexdigest()[:16]
+    kind = "-cuda" if cuda else "-launch" if launch else ""
+    return f"fastdrop-torch{version}-{isa}{kind}", h.hexdigest()[:16]
 
 
 # ---- verify and load -----------------------------------------------------------------------------
@@ -221,8 +230,8 @@ def load():
 def _load():
     if not sys.platform.startswith("linux"):
         raise RuntimeError(f"fastdrop's C++ operators are built on Linux only (this is {sys.platform})")
-    isa, cuda = machine_isa(), has_cuda_part()
-    name, key = build_key(isa, cuda)
+    isa, cuda, launch = machine_isa(), has_cuda_part(), has_launch()
+    name, key = build_key(isa, cuda, launch)
     folder = cache_dir()
     record = folder / f"{name}-{key}.json"
     lib = _verified(record)
@@ -236,7 +245,7 @@ def _load():
     folder = _writable(folder)
     record = folder / f"{name}-{key}.json"
     try:
-        _build(folder, name, key, isa, cuda, record, stale=reason is not None)
+        _build(folder, name, key, isa, cuda, launch, record, stale=reason is not None)
     except OSError as e:
         if reason is None:
             raise
@@ -249,7 +258,7 @@ def set_launch(path: str) -> None:
     "python" (Triton's own launch, every call); bench.host_cost compares the two."""
     if path not in ("cpp", "python"):
         raise ValueError(f"launch must be 'cpp' or 'python', but got {path!r}")
-    if load() is not None:
+    if load() is not None and has_launch():
         torch.ops.fastdrop._set_launch(path == "cpp")
 
 
@@ -274,17 +283,17 @@ def _writable(folder: Path) -> Path:
 
 def build(verbose: bool = True) -> Path:
     """Build (or find) the library for this machine and torch, and load it; returns its path."""
-    isa, cuda = machine_isa(), has_cuda_part()
-    name, key = build_key(isa, cuda)
+    isa, cuda, launch = machine_isa(), has_cuda_part(), has_launch()
+    name, key = build_key(isa, cuda, launch)
     folder = _writable(cache_dir())
     record = folder / f"{name}-{key}.json"
     lib = _verified(record)
     if lib is None:
-        lib = _build(folder, name, key, isa, cuda, record, stale=False, verbose=verbose)
+        lib = _build(folder, name, key, isa, cuda, launch, record, stale=False, verbose=verbose)
     return lib
 
 
-def _build(folder, name, key, isa, cuda, record, *, stale, verbose=True):
+def _build(folder, name, key, isa, cuda, launch, record, *, stale, verbose=True):
     import fcntl  # Unix's
 
     with open(folder / ".build.lock", "w") as lock:
@@ -302,7 +311,7 @@ def _build(folder, name, key, isa, cuda, record, *, stale, verbose=True):
                   flush=True)
         scratch = Path(tempfile.mkdtemp(prefix=f"build-{os.getpid()}-", dir=folder))
         try:
-            out = _compile(scratch, isa, cuda)
+            out = _compile(scratch, isa, cuda, launch)
             size, digest = out.stat().st_size, _sha256(out)
             lib = folder / f"{name}-{key}-{digest[:8]}{os.getpid() % 10000:04d}.so"
             os.replace(out, lib)
@@ -327,14 +336,14 @@ def _timeout() -> float:
         return 300.0
 
 
-def _compile(scratch: Path, isa: str, cuda: bool) -> Path:
+def _compile(scratch: Path, isa: str, cuda: bool, launch: bool) -> Path:
     """Compile the translation units in parallel (longest first), link; the library's path."""
     cxx = compiler()
     if shutil.which(cxx[0]) is None:
         raise RuntimeError(f"no C++ compiler: {cxx[0]!r} was not found (set CXX to one)")
     includes, libdir = _torch_dirs()
     inc = [f"-I{p}" for p in includes] + [f"-I{CSRC}"]
-    tus, libs = units(isa, cuda)
+    tus, libs = units(isa, cuda, launch)
     deadline = time.monotonic() + _timeout()
     jobs = [(cxx + flags + inc + ["-c", str(CSRC / src), "-o", str(scratch / (src + ".o"))], src,
              scratch / (src + ".log")) for src, flags in tus]

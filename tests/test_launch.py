@@ -31,6 +31,10 @@ from fastdrop.backends import load_native
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_op = pytest.mark.skipif(load_native() is None, reason="the C++ operators are not built here")
+# The C++ launch is built where torch has CUDA; without, FASTDROP_CUDA_LAUNCH=1 builds it for its tests
+# (its own build in the cache): the in-process tests then run in a subprocess that asks for it.
+needs_launch = pytest.mark.skipif(not _library.has_launch(), reason="runs in test_in_a_build_with_the_launch")
+LAUNCH_ENV = dict(os.environ, FASTDROP_CUDA_LAUNCH="1")
 triton = pytest.importorskip("triton")
 
 
@@ -91,6 +95,16 @@ def cases():
 
 
 @needs_op
+@pytest.mark.skipif(_library.has_launch(), reason="the launch is built in this process")
+def test_in_a_build_with_the_launch():
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "plan"],
+                          cwd=ROOT, env=LAUNCH_ENV, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "2 passed" in done.stdout, done.stdout[-500:]
+
+
+@needs_op
+@needs_launch
 def test_the_cpp_plan_and_keys_equal_the_python_launchers():
     n = 0
     for label, x, kw in cases():
@@ -120,6 +134,7 @@ def test_the_cpp_plan_and_keys_equal_the_python_launchers():
 
 
 @needs_op
+@needs_launch
 def test_the_plan_check_can_fail():
     # A launch the Python launcher plans differently is seen: the key holds the plan.
     x = torch.randn(4, 6, 8, 16)
@@ -243,7 +258,7 @@ def _fake_libcuda(tmp_path):
 @needs_op
 def test_a_miss_goes_to_the_helper_and_back_and_a_failed_check_falls_back(tmp_path):
     lib = _fake_libcuda(tmp_path)
-    env = dict(os.environ, FASTDROP_LIBCUDA=str(lib))
+    env = dict(LAUNCH_ENV, FASTDROP_LIBCUDA=str(lib))
     done = subprocess.run([sys.executable, "-c", STAND_IN], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -266,7 +281,7 @@ print("no driver ok")
 
 @needs_op
 def test_a_driver_that_does_not_load_leaves_tritons_launch_with_one_warning(tmp_path):
-    env = dict(os.environ, FASTDROP_LIBCUDA=str(tmp_path / "absent-libcuda.so"))
+    env = dict(LAUNCH_ENV, FASTDROP_LIBCUDA=str(tmp_path / "absent-libcuda.so"))
     done = subprocess.run([sys.executable, "-c", NO_DRIVER.replace('fake = ctypes.CDLL(os.environ["FASTDROP_LIBCUDA"])',
                                                                    "")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
@@ -279,10 +294,11 @@ def test_the_cuda_translation_unit_compiles_against_this_torch(tmp_path):
     # The library's CUDA part (the generator's graph-safe state), compiled as a CUDA build of torch
     # would build it: torch's own headers (ATen/cuda), compile only (linking needs libtorch_cuda).
     isa = _library.machine_isa()
-    tus, _ = _library.units(isa, True)
+    tus, _ = _library.units(isa, True, True)
     includes, _ = _library._torch_dirs()
+    assert {src for src, _ in tus} >= {"cuda.cpp", "cuda_launch.cpp", "launch.cpp"}
     for src, flags in tus:
-        if src in ("cuda.cpp", "ops.cpp"):
+        if src in ("cuda.cpp", "cuda_launch.cpp", "ops.cpp"):
             cmd = [*_library.compiler(), *flags, *(f"-I{p}" for p in includes), f"-I{_library.CSRC}", "-c",
                    str(_library.CSRC / src), "-o", str(tmp_path / f"{src}.o")]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)

@@ -12,7 +12,8 @@
 // The nodes are written as torch's generated ones are (a Node subclass, its edges and history
 // set here) rather than with torch::autograd::Function, whose templates cost this file twice the
 // compile time and every call a map of saved values.
-#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/dynamo/compiled_autograd.h>
@@ -43,23 +44,6 @@ std::pair<NodePtr, T*> make_node() {
     T* raw = p.get();
     return {NodePtr(std::move(p)), raw};
   }
-}
-
-const c10::TypedOperatorHandle<DropoutSchema>& dropout_op() {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("fastdrop::dropout", "").typed<DropoutSchema>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<DropoutSchema_>& dropout_op_() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("fastdrop::dropout_", "").typed<DropoutSchema_>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<DropoutAddSchema>& dropout_add_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("fastdrop::dropout_add", "").typed<DropoutAddSchema>();
-  return op;
 }
 
 // A call's RNG state as the schema carries it: an int seed and offset, or a seed tensor (with
@@ -100,6 +84,19 @@ Settled settle(const at::Tensor& x, double p, const std::optional<c10::SymInt>& 
   return s;
 }
 
+// A dense CPU tensor that no dispatch key beyond the backend's and autograd's would handle, with no
+// dispatch mode watching: the kernel may take it without the dispatcher.
+bool plain_cpu(const at::Tensor& t) {
+  static const c10::DispatchKeySet special({
+      c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot, c10::DispatchKey::FuncTorchGradWrapper,
+      c10::DispatchKey::FuncTorchBatched, c10::DispatchKey::Batched, c10::DispatchKey::Functionalize,
+      c10::DispatchKey::Negative, c10::DispatchKey::Conjugate, c10::DispatchKey::ZeroTensor,
+      c10::DispatchKey::Sparse, c10::DispatchKey::SparseCsr, c10::DispatchKey::NestedTensor});
+  return t.defined() && t.device().is_cpu() && t.layout() == at::kStrided && !t.key_set().has_any(special) &&
+         c10::impl::TorchDispatchModeTLS::stack_len() == 0 &&
+         !c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode);
+}
+
 // What a node saves: what decides the mask and the scale. The seed and offset are IValues so
 // that compiled autograd lifts them into inputs of its graph (one graph for every step's seed).
 struct Saved {
@@ -123,8 +120,18 @@ struct Saved {
     }
   }
 
-  // keep * scale on the gradient: the operator again, same mask, no affine part.
+  // keep * scale on the gradient: the operator again, same mask, no affine part. A plain CPU
+  // gradient where autograd records nothing (the usual backward) goes straight to the kernel; anything
+  // else (a tensor subclass, a functorch wrapper, a traced or fake gradient, create_graph=True)
+  // through the dispatcher, from the top.
   at::Tensor derivative(const at::Tensor& grad) const {
+    if (!has_seed_tensor && seed.isInt() && offset.isInt() && !at::GradMode::is_enabled() && plain_cpu(grad)) {
+      Rng rng;
+      rng.seed = seed.toInt();
+      rng.offset = offset.toInt();
+      const at::OptionalIntArrayRef sh = shared.has_value() ? at::OptionalIntArrayRef(*shared) : std::nullopt;
+      return dropout_rng(grad, p, sh, scale, std::nullopt, rng);
+    }
     std::optional<c10::SymInt> sd;
     std::optional<at::Tensor> st;
     if (has_seed_tensor) {
@@ -133,7 +140,7 @@ struct Saved {
       sd = seed.toSymInt();
     }
     const at::OptionalIntArrayRef sh = shared.has_value() ? at::OptionalIntArrayRef(*shared) : std::nullopt;
-    return dropout_op().call(grad, p, sh, scale, std::nullopt, sd, offset.toSymInt(), std::nullopt, st);
+    return call_dropout(false, grad, p, sh, scale, std::nullopt, sd, offset.toSymInt(), std::nullopt, st);
   }
 
   void compiled_args(CompiledNodeArgs& args) const {
@@ -216,8 +223,7 @@ struct DropoutAddBackward : public Node {
 at::Tensor forward_below(const at::Tensor& x, double p, at::OptionalIntArrayRef shared, std::optional<double> scale,
                          const std::optional<std::vector<double>>& affine, const Settled& s) {
   if (s.drawn.has_value()) return dropout_rng(x, p, shared, scale, affine, *s.drawn);
-  at::AutoDispatchBelowADInplaceOrView guard;
-  return dropout_op().call(x, p, shared, scale, affine, s.seed, s.offset, std::nullopt, s.seed_tensor);
+  return call_dropout(true, x, p, shared, scale, affine, s.seed, s.offset, std::nullopt, s.seed_tensor);
 }
 
 }  // namespace
@@ -226,8 +232,7 @@ at::Tensor dropout_autograd(const at::Tensor& x, double p, at::OptionalIntArrayR
                             const std::optional<std::vector<double>>& affine, std::optional<c10::SymInt> seed, c10::SymInt offset,
                             std::optional<at::Generator> generator, const std::optional<at::Tensor>& seed_tensor) {
   if (!(at::GradMode::is_enabled() && x.requires_grad())) {  // nothing to record: no node
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return dropout_op().call(x, p, shared, scale, affine, seed, offset, generator, seed_tensor);
+    return call_dropout(true, x, p, shared, scale, affine, seed, offset, generator, seed_tensor);
   }
   const Settled s = settle(x, p, seed, offset, generator, seed_tensor, shared);
   at::Tensor y = forward_below(x, p, shared, scale, affine, s);
@@ -243,10 +248,7 @@ at::Tensor& dropout_autograd_(at::Tensor& x, double p, at::OptionalIntArrayRef s
                               c10::SymInt offset, std::optional<at::Generator> generator,
                               const std::optional<at::Tensor>& seed_tensor) {
   if (!(at::GradMode::is_enabled() && x.requires_grad())) {
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      dropout_op_().call(x, p, shared, scale, affine, seed, offset, generator, seed_tensor);
-    }
+    call_dropout_(true, x, p, shared, scale, affine, seed, offset, generator, seed_tensor);
     // written below autograd: tell it, as in-place ops do (inference tensors have no version)
     if (!x.is_inference()) x.unsafeGetTensorImpl()->bump_version();
     return x;
@@ -263,17 +265,13 @@ at::Tensor dropout_add_autograd(const at::Tensor& x, const std::optional<at::Ten
   const bool has_bias = bias.has_value() && bias->defined();
   const bool grad = at::GradMode::is_enabled() &&
                     (x.requires_grad() || r.requires_grad() || (has_bias && bias->requires_grad()));
-  if (!grad) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return dropout_add_op().call(x, bias, r, p, seed, offset, generator, seed_tensor);
-  }
+  if (!grad) return call_dropout_add(true, x, bias, r, p, seed, offset, generator, seed_tensor);
   const Settled s = settle(x, p, seed, offset, generator, seed_tensor, std::nullopt);
   at::Tensor y;
   if (s.drawn.has_value()) {
     y = dropout_add_rng(x, bias, r, p, *s.drawn);
   } else {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    y = dropout_add_op().call(x, bias, r, p, s.seed, s.offset, std::nullopt, s.seed_tensor);
+    y = call_dropout_add(true, x, bias, r, p, s.seed, s.offset, std::nullopt, s.seed_tensor);
   }
   auto [node, raw] = make_node<DropoutAddBackward>();
   raw->saved.set(p, std::nullopt, std::nullopt, s);

@@ -9,6 +9,9 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
+
+#include "kernels.h"
 
 namespace fastdrop {
 
@@ -56,10 +59,37 @@ DropoutSchema dropout_autograd;
 DropoutSchema_ dropout_autograd_;
 DropoutAddSchema dropout_add_autograd;
 
-// CUDA: the default generator's draw and the kernel launch, where the library has its CUDA part
-// (cuda.cpp, linked against torch's CUDA library); null otherwise.
+// The operators called through the dispatcher (ops.cpp): `below` (autograd's keys excluded) from
+// the autograd kernels, or from the top (a node's backward, where autograd may record again).
+at::Tensor call_dropout(bool below, const at::Tensor& x, double p, at::OptionalIntArrayRef shared,
+                        std::optional<double> scale, const std::optional<std::vector<double>>& affine,
+                        const std::optional<c10::SymInt>& seed, const c10::SymInt& offset,
+                        const std::optional<at::Generator>& generator, const std::optional<at::Tensor>& seed_tensor);
+at::Tensor& call_dropout_(bool below, at::Tensor& x, double p, at::OptionalIntArrayRef shared,
+                          std::optional<double> scale, const std::optional<std::vector<double>>& affine,
+                          const std::optional<c10::SymInt>& seed, const c10::SymInt& offset,
+                          const std::optional<at::Generator>& generator,
+                          const std::optional<at::Tensor>& seed_tensor);
+at::Tensor call_dropout_add(bool below, const at::Tensor& x, const std::optional<at::Tensor>& bias,
+                            const at::Tensor& residual, double p, const std::optional<c10::SymInt>& seed,
+                            const c10::SymInt& offset, const std::optional<at::Generator>& generator,
+                            const std::optional<at::Tensor>& seed_tensor);
+
+// What a call's arguments decide (ops.cpp): the keep threshold of p, the form of kept and dropped
+// elements, and the noise shape (x's shape with 1 on the shared dims), checked.
+int64_t threshold_of(double p);
+Form form_of(double p, std::optional<double> scale, const std::optional<std::vector<double>>& affine);
+std::optional<std::vector<int64_t>> noise_of(const at::Tensor& x, at::OptionalIntArrayRef shared);
+
+// CUDA, where the library has it: the launch of the Triton kernels (cuda_launch.cpp, built where
+// torch has CUDA) and the default generator's draw (cuda.cpp, linked against torch's CUDA
+// library). Null otherwise.
 struct CudaHooks {
   Rng (*draw)(const at::Tensor& x, const std::optional<at::Generator>& generator, int64_t counters, bool save);
+  void (*launch)(const at::Tensor& x, const at::Tensor& y, const Rng& rng, int64_t threshold, const Form& f,
+                 const std::optional<std::vector<int64_t>>& noise);
+  void (*launch_add)(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& r, const at::Tensor& y,
+                     const Rng& rng, int64_t threshold, double scale);
 };
 extern CudaHooks cuda_hooks;
 
