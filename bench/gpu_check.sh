@@ -105,7 +105,8 @@ EOF
     sanitizer)
         # The kernel tests at small sizes (every kernel, layout and variant against the CPU path).
         : > "$out/sanitizer.log"
-        select=(tests/test_kernel.py tests/test_family.py -k "equals_cpu_path or dropout_add_equals")
+        select=(tests/test_kernel.py tests/test_family.py tests/test_launch.py
+                -k "equals_cpu_path or dropout_add_equals or on_the_gpu")
         if ! command -v compute-sanitizer > /dev/null; then
             log "sanitizer: compute-sanitizer is not on PATH here: not run" | tee -a "$out/sanitizer.log"
         elif ! timeout 60 compute-sanitizer --tool memcheck --error-exitcode 99 "$py" -c \

@@ -30,7 +30,7 @@ NOTES = {
     "NVIDIA_H200.csv": (
         "One run of `bench/gpu_check.sh` (its benchmark stage: `python -m bench.microbench --full`) "
         "on an earlier version of fastdrop (the record was committed in 522f74e), before the CPU "
-        "path's C++ loops and before the Triton kernels' direct launches, which are not yet measured "
+        "path's C++ loops and before the Triton kernels' launch from C++, which is not yet measured "
         "on a GPU. The logs of that run are in [gpu_check-NVIDIA_H200/](gpu_check-NVIDIA_H200/); its "
         "test stage ran out of time at about a third of the test suite. At small sizes each call's host "
         "cost, not the GPU, decides its time."),

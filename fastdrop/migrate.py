@@ -354,11 +354,26 @@ def _dynamo_tables_from_pytorch() -> None:
         table()
 
 
+def _overrides_tables_from_pytorch() -> None:
+    # torch.overrides builds its tables (resolve_name's index, get_overridable_functions,
+    # get_testing_overrides, get_ignored_functions) once per process, from the namespaces as
+    # they are at that moment, as torch.compile's. Built while patched, they held the routed
+    # functions: after unpatching, resolve_name(F.dropout) was None and PyTorch's dropout was
+    # missing from them. So they are built here, before patching (about 10 ms, once per
+    # process; torch.overrides is imported by torch itself).
+    overrides = torch.overrides
+    for table in ("get_ignored_functions", "get_testing_overrides", "_get_overridable_functions"):
+        build = getattr(overrides, table, None)
+        if build is not None:
+            build()
+
+
 def _sync() -> None:
     global _patched
     on = _wanted["patch"] or _wanted["blocks"] > 0
     if on and _patched is None:
         _dynamo_tables_from_pytorch()
+        _overrides_tables_from_pytorch()
         targets = _targets()
         for mod, name, _, routed in targets:
             setattr(mod, name, routed)
