@@ -9,9 +9,9 @@ ATen's random ops do. The draws here follow the same rules, for the paths that r
   the call's stream offset is 4 times it. CPU tensors take a fresh 63-bit seed from the CPU
   generator (what ATen's ``random_()`` of an int64 tensor draws), offset 0.
 - ``under_transforms``: under torch.func, a 63-bit seed drawn below the transforms.
-- ``graph_seed``: compiled graphs, jit.trace, TorchDispatchModes and TorchScript get the seed
-  as a 1-element int64 tensor drawn in the graph, so each run draws anew, and two identical calls
-  in one graph stay two.
+- ``graph_seed``: compiled graphs, jit.trace and TorchDispatchModes get the seed as a 1-element
+  int64 tensor drawn in the graph, so each run draws anew, and two identical calls in one graph
+  stay two. (TorchScript calls the operator without a seed: it draws its own at each run.)
 """
 
 from __future__ import annotations
@@ -67,13 +67,9 @@ def under_transforms(device: torch.device, generator: torch.Generator | None) ->
 
 
 def graph_seed(device: torch.device, compiled: bool) -> torch.Tensor:
-    """The seed of a recorded call, as a graph value. Compiled graphs (and TorchScript) take
-    randint below 2**62, inside every backend's randint bound; jit.trace and dispatch modes
-    the eager CPU draw itself, so that a CPU call draws the mask it draws eagerly."""
+    """The seed of a recorded call, as a graph value. Compiled graphs take randint below 2**62,
+    inside every backend's randint bound; jit.trace and dispatch modes the eager CPU draw itself,
+    so that a CPU call draws the mask it draws eagerly."""
     if compiled:
-        return scripted_seed(device)
+        return torch.randint(0, 1 << 62, [1], dtype=torch.int64, device=device)
     return torch.empty(1, dtype=torch.int64, device=device).random_()
-
-
-def scripted_seed(device: torch.device) -> torch.Tensor:
-    return torch.randint(0, 1 << 62, [1], dtype=torch.int64, device=device)

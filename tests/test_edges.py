@@ -276,3 +276,163 @@ def test_drop_path_checks_its_probability_when_built():
     for bad, exc in ((float("nan"), ValueError), (1.5, ValueError), ("0.1", TypeError)):
         with pytest.raises(exc, match="drop_prob"):
             fastdrop.DropPath(bad)
+
+
+# ---- a new user's report on d746c72: export, compile, torch.overrides, sizes, in-place errors ----
+
+SELU_ALPHA = 1.7580993408473766  # -alpha' of PyTorch's alpha dropout (SELU's lambda * alpha)
+
+
+class _CallsAlphaDropout(torch.nn.Module):
+    def forward(self, x):
+        return fastdrop.alpha_dropout(x, 0.5, True)
+
+
+@pytest.mark.parametrize("make, per_channel", [(lambda: fastdrop.AlphaDropout(0.5), False),
+                                               (lambda: fastdrop.FeatureAlphaDropout(0.5), True),
+                                               (_CallsAlphaDropout, False)],
+                         ids=["AlphaDropout", "FeatureAlphaDropout", "alpha_dropout"])
+def test_alpha_forms_export_in_training_mode(make, per_channel):
+    # torch.export traced alpha's constants (tensor ops, then float()) and failed with
+    # GuardOnDataDependentSymNode; torch.nn.AlphaDropout exports. Both of export's modes.
+    torch.manual_seed(0)
+    p, x = 0.5, torch.randn(4, 8, 16)
+    a = ((1 - p) * (1 + p * SELU_ALPHA ** 2)) ** -0.5
+    for strict in (False, True):
+        ep = torch.export.export(torch.nn.Sequential(make()).train(), (x,), strict=strict)
+        ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+        assert any(op.startswith("fastdrop.") for op in ops), ops
+        run = ep.module()
+        first, second = run(x), run(x)
+        for y in (first, second):
+            assert y.shape == x.shape and torch.isfinite(y).all()
+            kept = torch.isclose(y, a * x + a * SELU_ALPHA * p, rtol=1e-5, atol=1e-6)
+            dropped = torch.isclose(y, torch.full_like(y, -a * SELU_ALPHA * (1 - p)), rtol=1e-5, atol=1e-6)
+            assert (kept | dropped).all() and kept.any() and (dropped & ~kept).any()
+            if per_channel:  # one bit per (sample, channel)
+                assert (kept.all(-1) | (dropped & ~kept).all(-1)).all()
+        assert not torch.equal(first, second)  # each run draws its own mask
+
+
+@pytest.mark.parametrize("cls, shape", [(fastdrop.Dropout2d, (4, 8, 5)), (fastdrop.Dropout2d, (8, 16)),
+                                        (fastdrop.Dropout2d, (4, 8, 2, 2, 2)), (fastdrop.Dropout3d, (32, 3, 4))],
+                         ids=["Dropout2d-3d", "Dropout2d-2d", "Dropout2d-5d", "Dropout3d-3d"])
+def test_warned_ranks_compile_fullgraph_and_warn_eagerly_as_pytorch(cls, shape):
+    # warnings.warn broke the graph: fullgraph=True failed where torch.nn's module compiles.
+    torch._dynamo.reset()
+    torch.manual_seed(0)  # 32 or more keep bits in each case: some kept, some dropped
+    x = torch.randn(shape) + 3  # no zeros: a zero in the output is a dropped element
+    y = torch.compile(cls(0.5).train(), fullgraph=True, backend="aot_eager")(x)
+    assert y.shape == x.shape
+    assert ((y == 0) | torch.isclose(y, 2 * x)).all() and (y == 0).any() and (y != 0).any()
+    # Eager calls still warn, as PyTorch's do: same category, same text.
+    theirs_fn = getattr(torch.nn.functional, cls.__name__.lower())
+    with warnings.catch_warnings(record=True) as theirs:
+        warnings.simplefilter("always")
+        theirs_fn(x, 0.5, True)
+    with warnings.catch_warnings(record=True) as ours:
+        warnings.simplefilter("always")
+        cls(0.5).train()(x)
+    assert theirs and [(w.category, str(w.message)) for w in ours] == [(w.category, str(w.message)) for w in theirs]
+
+
+_OVERRIDES_AFTER_PATCH = """
+import torch, fastdrop
+o, F = torch.overrides, torch.nn.functional
+tables = [o.get_ignored_functions, o.get_testing_overrides, o._get_overridable_functions]
+assert all(t.cache_info().currsize == 0 for t in tables if hasattr(t, "cache_info")), "built before patch()"
+names = [(F, n) for n in ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout")]
+names += [(torch, n + s) for n in ("dropout", "alpha_dropout", "feature_alpha_dropout", "feature_dropout")
+          for s in ("", "_")]
+originals = [(mod, name, getattr(mod, name)) for mod, name in names]
+fastdrop.patch()
+o.get_overridable_functions(), o.get_testing_overrides(), o.resolve_name(F.dropout)  # built while patched
+fastdrop.unpatch()
+for mod, name, orig in originals:
+    assert getattr(mod, name) is orig, name
+    assert o.resolve_name(orig) == mod.__name__ + "." + name, (name, o.resolve_name(orig))
+    assert name.endswith("_") or orig in o.get_testing_overrides(), name
+    assert mod is not F or orig in o.get_overridable_functions()[F], name
+print("ok")
+"""
+
+
+def test_patch_leaves_torch_overrides_tables_pytorchs():
+    # torch.overrides builds its tables once per process; built while patched, they held the
+    # routed functions and resolve_name(F.dropout) was None after unpatch(). A fresh process.
+    run = subprocess.run([sys.executable, "-c", _OVERRIDES_AFTER_PATCH], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+def test_dropout_mask_takes_an_int_size():
+    # PyTorch's factories take an int size: dropout_mask(10, ...) failed with "'int' object is not iterable".
+    one = fastdrop.dropout_mask(10, 0.5, seed=1)
+    assert one.shape == torch.zeros(10).shape and one.dtype == torch.bool
+    assert torch.equal(one, fastdrop.dropout_mask((10,), 0.5, seed=1))
+    assert torch.equal(fastdrop.dropout_mask(np.int64(10), 0.5, seed=1), one)
+    assert torch.equal(fastdrop.dropout_mask(torch.Size([10]), 0.5, seed=1), one)
+    assert torch.equal(one, fastdrop.dropout(torch.ones(10), 0.5, seed=1) != 0)
+
+
+@pytest.mark.parametrize("shape", ["10", 2.5, None, [2.5, 3]], ids=repr)
+def test_dropout_mask_bad_shape_is_a_type_error_naming_it(shape):
+    with pytest.raises(TypeError, match=r"^dropout_mask\(\): shape must be an int or a sequence of ints, but got "):
+        fastdrop.dropout_mask(shape, 0.5, seed=1)
+
+
+def _error_of(call):
+    try:
+        call()
+    except RuntimeError as e:
+        return str(e)
+    raise AssertionError("no RuntimeError")
+
+
+# (fastdrop's in-place form, PyTorch's, the input's shape)
+INPLACE_FORMS = {
+    "dropout": (lambda v: fastdrop.dropout(v, 0.5, True, inplace=True), torch.nn.functional.dropout, (3, 4)),
+    "dropout1d": (lambda v: fastdrop.dropout1d(v, 0.5, True, inplace=True), torch.nn.functional.dropout1d,
+                  (3, 4, 5)),
+    "dropout2d": (lambda v: fastdrop.dropout2d(v, 0.5, True, inplace=True), torch.nn.functional.dropout2d,
+                  (3, 4, 5, 5)),
+    "dropout3d": (lambda v: fastdrop.dropout3d(v, 0.5, True, inplace=True), torch.nn.functional.dropout3d,
+                  (3, 4, 2, 3, 3)),
+    "alpha_dropout": (lambda v: fastdrop.alpha_dropout(v, 0.5, True, inplace=True),
+                      torch.nn.functional.alpha_dropout, (3, 4)),
+    "feature_alpha_dropout": (lambda v: fastdrop.feature_alpha_dropout(v, 0.5, True, inplace=True),
+                              torch.nn.functional.feature_alpha_dropout, (3, 4, 5)),
+    "noise_dropout": (lambda v: fastdrop.noise_dropout(v, 0.5, (1,), True, inplace=True),
+                      torch.nn.functional.dropout, (3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", INPLACE_FORMS)
+def test_inplace_on_a_no_grad_view_raises_pytorchs_error(name):
+    # A view made under no_grad of a leaf that requires grad: PyTorch's no_grad-view message
+    # (fastdrop gave the leaf's); the leaf itself and a view of it: PyTorch's messages too.
+    ours, theirs, shape = INPLACE_FORMS[name]
+    x = torch.randn(shape, requires_grad=True)
+    with torch.no_grad():
+        no_grad_view = x[:2]
+    before = x.detach().clone()
+    cases = {"no_grad view": no_grad_view, "leaf": x, "view of the leaf": x[:2]}
+    for case, v in cases.items():
+        want = _error_of(lambda: theirs(v, 0.5, True, True))
+        assert _error_of(lambda: ours(v)) == want, case
+        assert torch.equal(x.detach(), before)  # refused before writing
+    assert "no_grad mode" in _error_of(lambda: theirs(no_grad_view, 0.5, True, True))
+
+
+@pytest.mark.xfail(strict=True, reason="fastdrop/_args.py check_writable gives the no_grad-view text without "
+                                       "PyTorch's 'Output 0 of <op> is a view of a view which was created in' prefix")
+@pytest.mark.parametrize("name", ["dropout", "dropout2d"])
+def test_inplace_on_a_view_of_a_no_grad_view_raises_pytorchs_error(name):
+    ours, theirs, shape = INPLACE_FORMS[name]
+    x = torch.randn(shape, requires_grad=True)
+    with torch.no_grad():
+        v = x[:2]
+    view_of_view = v.unsqueeze(0)[0]  # made with grad on, of a no_grad view
+    want = _error_of(lambda: theirs(view_of_view, 0.5, True, True))
+    assert "is a view of a view which was created in no_grad mode" in want
+    assert _error_of(lambda: ours(view_of_view)) == want
