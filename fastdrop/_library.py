@@ -6,7 +6,8 @@ verified before each load, loaded at the first call that needs them.
 **The cache.** ``$FASTDROP_CACHE``, else ``$XDG_CACHE_HOME/fastdrop``, else ``~/.cache/fastdrop``
 (the home folder from ``$HOME``, else the password database); a relative path is taken from the
 working folder. Where that folder cannot be written, a build goes to ``fastdrop-<uid>`` in the
-system's temporary folder, with one warning.
+system's temporary folder (only where it is this user's alone: that folder is shared), with one
+warning.
 
 **The key.** A build is named by what decides its binary: the C++ sources, torch's version and
 C++ ABI, the compiler command, the flags, the instruction-set form (x86-64-v4, -v3 or plain,
@@ -35,6 +36,7 @@ import os
 import pwd
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -53,7 +55,7 @@ _V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave", "s
 _V4 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
 
 _lock = threading.Lock()
-_state = {"tried": False, "inline": False}
+_state = {"tried": False, "inline": False, "library": None}
 ops = None  # the loaded operators (_Ops), once loaded; None before, or where they cannot be
 
 
@@ -74,6 +76,8 @@ class _Ops:
 def cache_dir() -> Path:
     given = os.environ.get("FASTDROP_CACHE")
     if given:
+        if given == "~" or given.startswith("~/"):  # expanduser would take HOME="" for "/"
+            given = str(_home()) + given[1:]
         return Path(given).expanduser().absolute()
     xdg = os.environ.get("XDG_CACHE_HOME")
     if xdg and os.path.isabs(xdg):
@@ -114,7 +118,7 @@ def machine_isa() -> str:
 
 
 def compiler() -> list:
-    return shlex.split(os.environ.get("CXX") or "c++")
+    return shlex.split(os.environ.get("CXX", "")) or ["c++"]
 
 
 def _torch_dirs():
@@ -137,7 +141,7 @@ def units(isa: str, cuda: bool, launch: bool = False):
     """(source, flags) per translation unit, and the link flags: only what this machine runs (the
     CUDA parts where torch has CUDA). Paths (include and library folders) are added when
     building: they are not part of the key."""
-    common = ["-std=c++17", "-fPIC", "-w", "-ffp-contract=off",  # no FMA: PyTorch's rounding
+    common = ["-std=c++20", "-fPIC", "-w", "-ffp-contract=off",  # no FMA: PyTorch's rounding
               f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
     if cuda:
         common.append("-DFASTDROP_CUDA")
@@ -200,7 +204,19 @@ def _verified(record: Path):
 
 
 def _dlopen(lib: Path):
-    torch.ops.load_library(str(lib))
+    try:
+        torch.ops.load_library(str(lib))
+    except OSError as e:  # torch's says only "Could not load this library": the loader's reason is its cause
+        raise OSError(f"{lib.name} did not load: {e.__cause__ or e}") from None
+
+
+def _ready(lib: Path) -> _Ops:
+    """The operators of ``lib``, loaded (AttributeError where it holds none)."""
+    loaded = _Ops()
+    if _state["inline"]:
+        torch.ops.fastdrop._set_inline(True)
+    _state["library"] = lib
+    return loaded
 
 
 def load():
@@ -219,9 +235,6 @@ def load():
             warnings.warn(f"fastdrop: the C++ operators are not available ({type(e).__name__}: "
                           f"{str(e).strip()[-2000:]}); dropout runs on torch ops instead (same bits, slower)",
                           RuntimeWarning, stacklevel=3)
-        if loaded is not None and _state["inline"]:
-            torch.ops.fastdrop._set_inline(True)
-
         ops = loaded
         _state["tried"] = True  # published last: a thread that sees it sees ops complete
     return ops
@@ -239,18 +252,21 @@ def _load():
     if lib is not None:
         try:
             _dlopen(lib)
-            return _Ops()
-        except OSError as e:  # a verified file that does not load: rebuild once, to a fresh name
-            reason = f"{lib.name} did not load: {e}"
+            return _ready(lib)
+        except (OSError, AttributeError) as e:  # does not load, or is not ours: rebuild once, to a fresh name
+            reason = str(e) if isinstance(e, OSError) else f"{lib.name} holds no fastdrop operators ({e})"
     folder = _writable(folder)
     record = folder / f"{name}-{key}.json"
     try:
-        _build(folder, name, key, isa, cuda, launch, record, stale=reason is not None)
-    except OSError as e:
+        loaded = _ready(_build(folder, name, key, isa, cuda, launch, record, failed=lib if reason else None))
+    except Exception as e:  # the one warning says why the cached library was not used, too
         if reason is None:
             raise
-        raise RuntimeError(f"{reason}; rebuilt, and the new build did not load either: {e}") from None
-    return _Ops()
+        raise RuntimeError(f"{reason}; rebuilding it failed: {type(e).__name__}: {e}") from None
+    if reason:
+        warnings.warn(f"fastdrop: {reason}; rebuilt the C++ operators as {_state['library'].name}", RuntimeWarning,
+                      stacklevel=4)
+    return loaded
 
 
 def set_launch(path: str) -> None:
@@ -272,7 +288,12 @@ def _writable(folder: Path) -> Path:
         return folder
     except OSError as e:
         fallback = Path(tempfile.gettempdir()) / f"fastdrop-{os.getuid()}"
-        fallback.mkdir(parents=True, exist_ok=True)
+        fallback.mkdir(mode=0o700, exist_ok=True)
+        # The temporary folder is shared: a library in a folder another user can write would run as this one.
+        st = fallback.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise RuntimeError(f"the cache folder {folder} cannot be written ({e.strerror or e}), and {fallback} "
+                               f"is not a folder of this user's that only it can write (set FASTDROP_CACHE)") from None
         warnings.warn(f"fastdrop: the cache folder {folder} cannot be written ({e.strerror or e}); building the "
                       f"C++ operators into {fallback} instead (set FASTDROP_CACHE to choose)", RuntimeWarning,
                       stacklevel=4)
@@ -281,34 +302,35 @@ def _writable(folder: Path) -> Path:
 
 # ---- build ---------------------------------------------------------------------------------------
 
-def build(verbose: bool = True) -> Path:
-    """Build (or find) the library for this machine and torch, and load it; returns its path."""
-    isa, cuda, launch = machine_isa(), has_cuda_part(), has_launch()
-    name, key = build_key(isa, cuda, launch)
-    folder = _writable(cache_dir())
-    record = folder / f"{name}-{key}.json"
-    lib = _verified(record)
-    if lib is None:
-        lib = _build(folder, name, key, isa, cuda, launch, record, stale=False, verbose=verbose)
-    return lib
+def build() -> Path:
+    """Build (or find) the library for this machine and torch and load it, as the first call would
+    (rebuilt where it does not load); its path. Raises where it cannot be built."""
+    global ops
+    with _lock:
+        if ops is None:
+            ops = _load()
+            _state["tried"] = True
+    return _state["library"]
 
 
-def _build(folder, name, key, isa, cuda, launch, record, *, stale, verbose=True):
+def _build(folder, name, key, isa, cuda, launch, record, *, failed=None):
+    """Build under the folder's lock, unless another process built while this one waited; load.
+    ``failed``: the library that matched the record and did not load (not to be loaded again)."""
     import fcntl  # Unix's
 
     with open(folder / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the others wait for it, then load it
         lib = _verified(record)
-        if lib is not None and not stale:  # built by another process while this one waited
+        if lib is not None and lib != failed:  # built by another process while this one waited
             _dlopen(lib)
             return lib
         # Holding the lock, no build runs: whatever an interrupted one left goes.
         for old in folder.glob("build-*"):
             shutil.rmtree(old, ignore_errors=True)
-        if verbose:
-            print(f"fastdrop: building the C++ operators for torch {torch.__version__} ({isa}"
-                  f"{', CUDA' if cuda else ''}) into {folder} (once; about 15 s on 2 cores)", file=sys.stderr,
-                  flush=True)
+        for old in folder.glob("*.tmp"):
+            old.unlink(missing_ok=True)
+        print(f"fastdrop: building the C++ operators for torch {torch.__version__} ({isa}"
+              f"{', CUDA' if cuda else ''}) into {folder} (once; about 15 s on 2 cores)", file=sys.stderr, flush=True)
         scratch = Path(tempfile.mkdtemp(prefix=f"build-{os.getpid()}-", dir=folder))
         try:
             out = _compile(scratch, isa, cuda, launch)

@@ -1,6 +1,9 @@
 """Build fastdrop's C++ operators for this machine and torch now, instead of at the first call.
 
     python -m fastdrop.build
+
+It loads them as the first call would (rebuilt where the cached build does not load), and fails
+where they cannot be built.
 """
 
 import sys

@@ -281,6 +281,9 @@ void apply(const at::Tensor& x, const at::Tensor& y, double p, at::OptionalIntAr
   }
   if (x.device().is_meta()) return;
   TORCH_CHECK(x.device().is_cuda(), "fastdrop runs on cpu and cuda tensors, but the input is on ", x.device());
+  if (rng.seed_ptr == nullptr) {
+    check_offset(static_cast<uint64_t>(rng.offset), noise.has_value() ? c10::multiply_integers(*noise) : x.numel());
+  }
   TORCH_CHECK(cuda_hooks.launch != nullptr, "fastdrop: this build of the C++ operators has no CUDA launch (its "
               "torch has no CUDA): ", x.device());
   cuda_hooks.launch(x, y, rng, threshold_of(p), f, noise);
@@ -320,6 +323,7 @@ at::Tensor dropout_add_rng(const at::Tensor& x_in, const std::optional<at::Tenso
   const double scale = p < 1.0 ? 1.0 / (1.0 - p) : 0.0;
   if (!x.device().is_cpu()) {
     TORCH_CHECK(x.device().is_cuda(), "fastdrop runs on cpu and cuda tensors, but the input is on ", x.device());
+    if (rng.seed_ptr == nullptr) check_offset(static_cast<uint64_t>(rng.offset), n);
     TORCH_CHECK(cuda_hooks.launch_add != nullptr, "fastdrop: this build of the C++ operators has no CUDA "
                 "launch (its torch has no CUDA): ", x.device());
     cuda_hooks.launch_add(x, bias, r, y, rng, threshold_of(p), scale);
