@@ -35,18 +35,19 @@ NOTES = {
         "test stage ran out of time at about a third of the test suite. At small sizes each call's host "
         "cost, not the GPU, decides its time."),
     "cpu-AMD_EPYC-quick.csv": (
-        "`python -m bench.microbench --record` (quick sweep) with the version before the CPU path's "
-        "C++ loops (the record was committed in a62d2f2), whose CPU loops were compiled with numba."),
+        "`python -m bench.microbench --record` (quick sweep) with one C++ operator for every call "
+        "(fastdrop/csrc: the seed drawn in C++, C++ autograd nodes, the loops built for the machine's "
+        "instruction set, here AVX2)."),
     "cpu-Intel_R_Xeon_R_Processor-quick.csv": (
-        "`python -m bench.microbench --record` (quick sweep) with the C++ CPU path (the record was "
-        "committed in d746c72)."),
+        "`python -m bench.microbench --record` (quick sweep) with an earlier version's C++ CPU loops, "
+        "before the operator family (the record was committed in d746c72)."),
 }
 
 # Which fastdrop each record measured, for the list at the top.
 VERSIONS = {
     "NVIDIA_H200.csv": "an earlier version of fastdrop (522f74e)",
-    "cpu-AMD_EPYC-quick.csv": "an earlier version of fastdrop (a62d2f2)",
-    "cpu-Intel_R_Xeon_R_Processor-quick.csv": "fastdrop at d746c72",
+    "cpu-AMD_EPYC-quick.csv": "fastdrop with the C++ operator family",
+    "cpu-Intel_R_Xeon_R_Processor-quick.csv": "an earlier version of fastdrop (d746c72)",
 }
 
 INTRO = """\
