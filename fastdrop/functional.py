@@ -57,12 +57,15 @@ def _not_scriptable(fn):
 _NONE = object()
 
 
-def _native(input):
-    """The C++ operators, where a call on ``input`` goes straight to them: a plain, non-empty tensor
-    (an empty one is returned as it is, as PyTorch does), in eager mode, with no torch.func
-    transform, forward-mode AD or mode watching. None otherwise."""
-    if ((type(input) is _Tensor or type(input) is _Parameter) and not _compiling() and not _transforms()
-            and _fwd._current_level < 0 and not _function_modes() and not _dispatch_modes() and input.numel()):
+def _native(input, training, inplace=False, seed=None, offset=0, generator=None, backend="auto"):
+    """The C++ operators, where a call goes straight to them: training, out of place, no seed or
+    generator, the default backend, a plain non-empty tensor (an empty one is returned as it is,
+    as PyTorch does), in eager mode, with no torch.func transform, forward-mode AD or mode
+    watching. None otherwise: the general path."""
+    if (training is True and not inplace and seed is None and offset == 0 and generator is None
+            and backend == "auto" and (type(input) is _Tensor or type(input) is _Parameter) and not _compiling()
+            and not _transforms() and _fwd._current_level < 0 and not _function_modes() and not _dispatch_modes()
+            and input.numel()):
         return _library.ops or load_native()
     return None
 
@@ -80,9 +83,8 @@ def dropout(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=None,
     """
     if type(p) is not float or keep_prob is not None or not 0.0 <= p <= 1.0:
         p = resolve_p(p, keep_prob)
-    if (training is True and p != 0.0 and not inplace and noise_shape is None and seed is None and offset == 0
-            and generator is None and backend == "auto"):
-        ops = _native(input)
+    if p != 0.0 and noise_shape is None:
+        ops = _native(input, training, inplace, seed, offset, generator, backend)
         if ops is not None:
             try:
                 return ops.dropout(input, p)
@@ -156,9 +158,8 @@ def dropout1d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=Non
     """Drop-in for ``torch.nn.functional.dropout1d``: zeroes whole channels of (N, C, L) or (C, L)."""
     if type(p) is not float or keep_prob is not None or not 0.0 <= p <= 1.0:
         p = resolve_p(p, keep_prob, "dropout1d")
-    if (training is True and p != 0.0 and not inplace and seed is None and offset == 0 and generator is None
-            and backend == "auto"):
-        ops = _native(input)
+    if p != 0.0:
+        ops = _native(input, training, inplace, seed, offset, generator, backend)
         shared = _SHARED.get((DROPOUT1D, input.dim()), _NONE) if ops is not None else _NONE
         if shared is not _NONE and input.dim() in (2, 3):
             try:
@@ -195,9 +196,8 @@ def dropout2d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=Non
     """
     if type(p) is not float or keep_prob is not None or not 0.0 <= p <= 1.0:
         p = resolve_p(p, keep_prob, "dropout2d")
-    if (training is True and p != 0.0 and not inplace and seed is None and offset == 0 and generator is None
-            and backend == "auto"):
-        ops = _native(input)
+    if p != 0.0:
+        ops = _native(input, training, inplace, seed, offset, generator, backend)
         if ops is not None and input.dim() == 4:
             try:
                 return ops.dropout(input, p, _SHARED[DROPOUT2D, 4])
@@ -229,9 +229,8 @@ def dropout3d(input, p=P_DEFAULT, training=True, inplace=False, *, keep_prob=Non
     """Drop-in for ``torch.nn.functional.dropout3d``: zeroes whole channels of (N, C, D, H, W) or (C, D, H, W)."""
     if type(p) is not float or keep_prob is not None or not 0.0 <= p <= 1.0:
         p = resolve_p(p, keep_prob, "dropout3d")
-    if (training is True and p != 0.0 and not inplace and seed is None and offset == 0 and generator is None
-            and backend == "auto"):
-        ops = _native(input)
+    if p != 0.0:
+        ops = _native(input, training, inplace, seed, offset, generator, backend)
         if ops is not None and input.dim() in (4, 5):
             try:
                 return ops.dropout(input, p, _SHARED[DROPOUT3D, input.dim()])
@@ -270,9 +269,8 @@ def alpha_dropout(input, p=P_DEFAULT, training=False, inplace=False, *, keep_pro
     """
     if type(p) is not float or keep_prob is not None or not 0.0 <= p <= 1.0:
         p = resolve_p(p, keep_prob, "alpha_dropout")
-    if (training is True and 0.0 < p < 1.0 and not inplace and seed is None and offset == 0 and generator is None
-            and backend == "auto"):
-        ops = _native(input)
+    if 0.0 < p < 1.0:
+        ops = _native(input, training, inplace, seed, offset, generator, backend)
         if ops is not None:
             try:
                 form = _alpha_cache.get((p, input.dtype)) or alpha_form(p, input.dtype)
@@ -309,8 +307,8 @@ def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True, *, seed=None
     p = drop_prob
     if type(p) is not float or not 0.0 <= p <= 1.0:
         p = contract.check_p(drop_prob, name="drop_prob", fn="drop_path")
-    if training is True and p != 0.0 and seed is None and offset == 0 and generator is None and backend == "auto":
-        ops = _native(x)
+    if p != 0.0:
+        ops = _native(x, training, False, seed, offset, generator, backend)
         shared = _SHARED.get((DROP_PATH, x.dim()), _NONE) if ops is not None else _NONE
         if shared is not _NONE:
             try:
@@ -347,9 +345,8 @@ def dropout_add(x, residual, p=0.5, training=True, *, seed=None, offset=0, gener
     """
     if type(p) is not float or not 0.0 <= p <= 1.0:
         p = contract.check_p(p, fn="dropout_add")
-    if (training is True and p != 0.0 and seed is None and offset == 0 and generator is None and backend == "auto"
-            and type(residual) is type(x)):
-        ops = _native(x)
+    if p != 0.0 and type(residual) is type(x):
+        ops = _native(x, training, False, seed, offset, generator, backend)
         if ops is not None:
             try:
                 return ops.dropout_add(x, None, residual, p)
@@ -370,9 +367,8 @@ def bias_dropout_add(x, bias, residual, p=0.5, training=True, *, seed=None, offs
     """
     if type(p) is not float or not 0.0 <= p <= 1.0:
         p = contract.check_p(p, fn="bias_dropout_add")
-    if (training is True and p != 0.0 and seed is None and offset == 0 and generator is None and backend == "auto"
-            and type(residual) is type(x) and (bias is None or type(bias) is type(x))):
-        ops = _native(x)
+    if p != 0.0 and type(residual) is type(x) and (bias is None or type(bias) is type(x)):
+        ops = _native(x, training, False, seed, offset, generator, backend)
         if ops is not None:
             try:
                 return ops.dropout_add(x, bias, residual, p)
